@@ -1,0 +1,73 @@
+"""The agent's configuration file: read safely, checked against its schema, paths resolved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.durations import parse_duration
+from reconciler.errors import DocumentError, UsageError
+from reconciler.schema_check import schema_errors
+from reconciler.yaml_loader import load_yaml
+
+CONFIG_SCHEMA = "agent-config.json"
+
+
+class ConfigError(UsageError):
+    """A configuration file that cannot be used; the agent exits 2 and changes nothing."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path
+    node: str
+    repo: str
+    trust_root: Path
+    state_dir: Path
+    identity_key: Path
+    artifact_sources: tuple[str, ...]
+    poll_interval: int
+    heartbeat_interval: int
+    log_format: str
+
+
+def _looks_like_path(repo: str) -> bool:
+    return "://" not in repo and not (":" in repo.split("/", 1)[0] and "@" in repo)
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and check a configuration; relative paths are taken from the file's own folder."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from None
+    try:
+        loaded = load_yaml(data, str(path))
+    except DocumentError as exc:
+        raise ConfigError(str(exc)) from None
+    problems = schema_errors(loaded.data, CONFIG_SCHEMA)
+    if problems:
+        raise ConfigError(
+            "\n".join(f"{path}:{loaded.line_of(where)}: {message}" for where, message in problems)
+        )
+    doc = loaded.data
+    base = path.resolve().parent
+
+    def local(value: str) -> Path:
+        return (base / value).resolve()
+
+    repo = doc["repo"]
+    if _looks_like_path(repo) and not repo.startswith("/"):
+        repo = str(local(repo))
+    return AgentConfig(
+        path=path,
+        node=doc["node"],
+        repo=repo,
+        trust_root=local(doc["trustRoot"]),
+        state_dir=local(doc["stateDir"]),
+        identity_key=local(doc["identityKey"]),
+        artifact_sources=tuple(doc.get("artifactSources", ())),
+        poll_interval=parse_duration(doc.get("pollInterval", "60s")),
+        heartbeat_interval=parse_duration(doc.get("heartbeatInterval", "1h")),
+        log_format=doc.get("logFormat", "json"),
+    )

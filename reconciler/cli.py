@@ -1,0 +1,130 @@
+"""`edgefleet`: the fleet-side command, run by operators and by CI on pull requests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from reconciler import __version__
+from reconciler.errors import EdgeFleetError, ValidationFailed
+from reconciler.problems import Problem, render_problems
+from reconciler.render import render_node
+from reconciler.validate import load_for_node, open_directory, validate_directory
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _shown_under(base: str, problems: Sequence[Problem]) -> list[Problem]:
+    """Problems with paths as the user named the repository, so editors and CI can find them."""
+    return [replace(p, file=os.path.normpath(Path(base) / p.file)) for p in problems]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    report = validate_directory(Path(args.dir))
+    problems = _shown_under(args.dir, report.problems)
+    text = render_problems(problems, args.format)
+    if text:
+        print(text)
+    summary = f"{args.dir}: {report.summary()}"
+    # In text form the summary is part of the report; in machine forms stdout stays parseable.
+    print(summary, file=sys.stdout if args.format == "text" else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    files = open_directory(Path(args.repo))
+    try:
+        repo = load_for_node(files, args.node)
+    except ValidationFailed as exc:
+        raise ValidationFailed(_shown_under(args.repo, exc.problems), str(exc)) from None
+    state = render_node(repo, args.node)
+    if args.format == "json":
+        print(json.dumps(state, indent=2))
+    else:
+        print(yaml.safe_dump(state, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks of errors",
+    )
+    parser = argparse.ArgumentParser(
+        prog="edgefleet",
+        description="GitOps for edge fleets: validate, render, sign and watch a fleet repository.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"edgefleet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser(
+        "validate",
+        parents=[common],
+        help="check a fleet repository: schemas and meaning, every problem as file:line",
+        description="Exit 0 when valid, 1 when invalid, 2 on bad usage.",
+    )
+    validate.add_argument("dir", nargs="?", default=".", help="the repository (default: .)")
+    validate.add_argument("--format", choices=["text", "json", "github"], default="text")
+    validate.set_defaults(func=cmd_validate)
+
+    render = sub.add_parser(
+        "render",
+        parents=[common],
+        help="print one node's desired state after merging fleet, groups and node",
+    )
+    render.add_argument("node", help="the node id (nodes/<id>.yaml)")
+    render.add_argument("--repo", default=".", help="the repository (default: .)")
+    render.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    render.set_defaults(func=cmd_render)
+    return parser
+
+
+def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
+    """Parse, dispatch, and turn every error into one readable message and an exit code."""
+    args = parser.parse_args(argv)
+    verbose = getattr(args, "verbose", False)
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except ValidationFailed as exc:
+        text = render_problems(exc.problems, "text")
+        print(f"{text}\nerror: {exc}" if text else f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except EdgeFleetError as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:
+        if verbose:
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc} (run with --verbose for the traceback"
+            " and please report it)",
+            file=sys.stderr,
+        )
+        return 70
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
