@@ -7,6 +7,7 @@ can rely on the shapes the schemas promise; the problems of the others are repor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from reconciler.errors import DocumentError
@@ -14,6 +15,7 @@ from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.problems import Problem
 from reconciler.repo_files import RepoFiles
 from reconciler.schema_check import KIND_SCHEMAS, schema_errors, shown
+from reconciler.selectors import matches
 from reconciler.yaml_loader import FieldPath, Loaded, load_yaml
 
 FLEET_FILE = "fleet.yaml"
@@ -42,25 +44,30 @@ class Document:
 
     # The accessors below answer for partial documents too, with empty values where the
     # shape is wrong, because per-document checks also run on documents the schema refused.
-    @property
+    @cached_property
     def name(self) -> str:
         name = _mapping(self.data.get("metadata")).get("name")
         return name if isinstance(name, str) else ""
 
-    @property
+    @cached_property
     def spec(self) -> dict[str, Any]:
         return _mapping(self.data.get("spec"))
 
-    @property
+    @cached_property
     def labels(self) -> dict[str, str]:
         return _mapping(_mapping(self.data.get("metadata")).get("labels"))
 
-    @property
+    @cached_property
     def components(self) -> dict[str, Any]:
         return _mapping(self.spec.get("components"))
 
     def line(self, *path: str | int) -> int:
         return self.loaded.line_of(path)
+
+
+def priority(group: Document) -> int:
+    value = group.spec.get("priority", 0)
+    return value if isinstance(value, int) else 0
 
 
 def _mapping(value: object) -> dict[str, Any]:
@@ -91,8 +98,24 @@ class FleetRepo:
     def fleet_name(self) -> str:
         return self.fleet.name if self.fleet is not None else ""
 
+    # Which groups select each node, in merge order; computed once, asked by several checks.
+    _groups_of: dict[str, list[Document]] = field(default_factory=dict, repr=False)
+
     def node(self, node_id: str) -> Document | None:
         return next((n for n in self.nodes if n.name == node_id), None)
+
+    def groups_of(self, node: Document) -> list[Document]:
+        """The groups whose selector matches the node: ascending priority, then name."""
+        found = self._groups_of.get(node.file)
+        if found is None:
+            if len(self._ordered_groups) != len(self.groups):
+                self._ordered_groups[:] = sorted(self.groups, key=lambda g: (priority(g), g.name))
+            labels = node.labels
+            found = [g for g in self._ordered_groups if matches(g.spec["selector"], labels)]
+            self._groups_of[node.file] = found
+        return found
+
+    _ordered_groups: list[Document] = field(default_factory=list, repr=False)
 
 
 class _Reader:

@@ -7,12 +7,11 @@ set the same field differently, validation reports it (`semantic_checks.group_co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.errors import RenderError
 from reconciler.fleet_repo import Document, FleetRepo
-from reconciler.selectors import matches
 
 
 def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -21,9 +20,9 @@ def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]
     for key, value in overlay.items():
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, Mapping):
+        elif isinstance(value, dict):  # documents hold plain dicts; the ABC check costs 3x
             below = out.get(key)
-            out[key] = merge(below if isinstance(below, Mapping) else {}, value)
+            out[key] = merge(below if isinstance(below, dict) else {}, value)
         else:
             out[key] = value
     return out
@@ -36,21 +35,10 @@ def merge_layers(layers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def priority(group: Document) -> int:
-    value: int = group.spec.get("priority", 0)
-    return value
-
-
-def matching_groups(labels: Mapping[str, str], groups: Sequence[Document]) -> list[Document]:
-    """The groups whose selector matches, in merge order: ascending priority, then name."""
-    found = [g for g in groups if matches(g.spec["selector"], labels)]
-    return sorted(found, key=lambda g: (priority(g), g.name))
-
-
 def layers(repo: FleetRepo, node: Document) -> list[Document]:
     """The documents whose components make up this node, lowest precedence first."""
     out: list[Document] = [repo.fleet] if repo.fleet is not None else []
-    return [*out, *matching_groups(node.labels, repo.groups), node]
+    return [*out, *repo.groups_of(node), node]
 
 
 def merged_components(repo: FleetRepo, node: Document) -> dict[str, Any]:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import combinations
 from typing import Any
 
-from reconciler.fleet_repo import Document, FleetRepo
+from reconciler.fleet_repo import Document, FleetRepo, priority
 from reconciler.problems import Problem
-from reconciler.render import layers, matching_groups, merge_layers, priority, unresolved
+from reconciler.render import layers, merge_layers, unresolved
 from reconciler.schema_check import dotted, shown
 from reconciler.selectors import matches
 from reconciler.yaml_loader import FieldPath
@@ -197,8 +197,9 @@ def empty_selections(repo: FleetRepo) -> list[Problem]:
     if not repo.nodes:
         return []
     problems = []
+    used = {g.file for node in repo.nodes for g in repo.groups_of(node)}
     for group in repo.groups:
-        if not any(matches(group.spec["selector"], n.labels) for n in repo.nodes):
+        if group.file not in used:
             problems.append(
                 Problem(
                     group.file,
@@ -298,10 +299,11 @@ def group_conflicts(repo: FleetRepo) -> list[Problem]:
     hits: dict[tuple[str, str, FieldPath], list[str]] = defaultdict(list)
     docs: dict[str, Document] = {}
     for node in repo.nodes:
-        matched = matching_groups(node.labels, repo.groups)
-        for first, second in combinations(matched, 2):
-            if priority(first) != priority(second):
-                continue
+        by_priority: dict[int, list[Document]] = defaultdict(list)
+        for group in repo.groups_of(node):
+            by_priority[priority(group)].append(group)
+        tied = [pair for same in by_priority.values() for pair in combinations(same, 2)]
+        for first, second in tied:
             key = (first.file, second.file)
             if key not in pair_cache:
                 pair_cache[key] = sorted(
