@@ -26,6 +26,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         "artifactSources": list(config.artifact_sources),
         "pollIntervalSeconds": config.poll_interval,
         "heartbeatIntervalSeconds": config.heartbeat_interval,
+        "logFormat": config.log_format,
     }
     if args.json:
         print(json.dumps(summary, indent=2))

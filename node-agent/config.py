@@ -32,7 +32,8 @@ class AgentConfig:
 
 
 def _looks_like_path(repo: str) -> bool:
-    return "://" not in repo and not (":" in repo.split("/", 1)[0] and "@" in repo)
+    # git's own rule: a colon before the first slash makes "host:path" an SSH address.
+    return "://" not in repo and ":" not in repo.split("/", 1)[0]
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -45,11 +46,13 @@ def load_config(path: Path) -> AgentConfig:
         loaded = load_yaml(data, str(path))
     except DocumentError as exc:
         raise ConfigError(str(exc)) from None
-    problems = schema_errors(loaded.data, CONFIG_SCHEMA)
+    problems = sorted(
+        (loaded.line_of(where), message)
+        for where, message in schema_errors(loaded.data, CONFIG_SCHEMA)
+    )
     if problems:
-        raise ConfigError(
-            "\n".join(f"{path}:{loaded.line_of(where)}: {message}" for where, message in problems)
-        )
+        lines = [f"{path}:{line}: {message}" for line, message in problems]
+        raise ConfigError(f"{len(lines)} problem(s) in the configuration:\n" + "\n".join(lines))
     doc = loaded.data
     base = path.resolve().parent
 

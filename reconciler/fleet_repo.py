@@ -16,7 +16,7 @@ from reconciler.problems import Problem
 from reconciler.repo_files import RepoFiles
 from reconciler.schema_check import KIND_SCHEMAS, schema_errors, shown
 from reconciler.selectors import matches
-from reconciler.yaml_loader import FieldPath, Loaded, load_yaml
+from reconciler.yaml_loader import FieldPath, Loaded, load_json, load_yaml
 
 FLEET_FILE = "fleet.yaml"
 CATALOG_FILE = "artifacts.yaml"
@@ -150,7 +150,8 @@ class _Reader:
             self.problem(path, 1, f"is a {entry}, expected a regular file", "layout")
             return None
         try:
-            loaded = load_yaml(self.files.read(path), path, self.limits)
+            load = load_json if path.endswith(".json") else load_yaml
+            loaded = load(self.files.read(path), path, self.limits)
         except DocumentError as exc:
             self.problem(exc.file, exc.line, exc.message, "yaml")
             return None
@@ -190,6 +191,14 @@ class _Reader:
         if only is not None:
             doc = self.document(f"{folder}/{only}.yaml", kind, required=False)
             return [doc] if doc is not None else []
+        if self.files.entry(folder) == "link":
+            self.problem(
+                folder,
+                1,
+                "is a link, expected a folder in the repository (a link can point outside it)",
+                "unsafe-path",
+            )
+            return documents
         listing = self.files.listdir(folder)
         if len(listing) > self.limits.max_repo_files:
             self.problem(

@@ -61,10 +61,15 @@ def render_node(repo: FleetRepo, node_id: str) -> dict[str, Any]:
     """The desired state of one node, every artifact resolved from the catalog."""
     node = repo.node(node_id)
     if node is None:
-        known = ", ".join(sorted(n.name for n in repo.nodes)[:8])
+        names = [
+            n.removesuffix(".yaml")
+            for n, kind in repo.files.listdir("nodes")
+            if kind == "file" and n.endswith(".yaml")
+        ]
+        known = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         raise RenderError(
-            f"node '{node_id}': got no valid nodes/{node_id}.yaml, expected one of the"
-            f" repository's nodes{' (' + known + ', ...)' if known else ''}"
+            f"node '{node_id}': got no nodes/{node_id}.yaml, expected one of the repository's"
+            f" nodes ({known or 'it has none'})"
         )
     chain = layers(repo, node)
     components = merge_layers(doc.components for doc in chain)

@@ -266,7 +266,12 @@ def rollout_waves(repo: FleetRepo) -> list[Problem]:
             last_percent = max(last_percent, percent)
     if waves:
         final = waves[-1]
-        covers_all = final.get("percent") == 100 or final.get("selector") == {}
+        selector = final.get("selector")
+        covers_all = final.get("percent") == 100 or (
+            selector is not None
+            and not selector.get("matchLabels")
+            and not selector.get("matchExpressions")
+        )
         if not covers_all:
             problems.append(
                 Problem(
@@ -337,7 +342,10 @@ def group_conflicts(repo: FleetRepo) -> list[Problem]:
 
 def rendered_components(repo: FleetRepo) -> list[Problem]:
     """After merging, every component of every node names an artifact the catalog has."""
-    if repo.catalog is None:
+    shared = ("fleet.yaml", "artifacts.yaml", "groups/")
+    if repo.catalog is None or any(f.startswith(shared) for f in repo.refused):
+        # A refused shared document would make every node that relies on it look incomplete:
+        # its own problems are the ones to fix first, not thousands of echoes.
         return []
     problems = []
     for node in repo.nodes:
@@ -365,7 +373,24 @@ def rendered_components(repo: FleetRepo) -> list[Problem]:
     return problems
 
 
+def fleet_names(repo: FleetRepo) -> list[Problem]:
+    """The catalog belongs to the fleet: a copied artifacts.yaml of another fleet is a mistake."""
+    if repo.fleet is None or repo.catalog is None or repo.catalog.name == repo.fleet.name:
+        return []
+    return [
+        Problem(
+            repo.catalog.file,
+            repo.catalog.line("metadata", "name"),
+            f"metadata.name: got {shown(repo.catalog.name)}, expected {shown(repo.fleet.name)}"
+            " (the name in fleet.yaml)",
+            "error",
+            "fleet-name",
+        )
+    ]
+
+
 ALL_CHECKS: tuple[Check, ...] = (
+    fleet_names,
     artifact_references,
     health_check_files,
     node_file_names,

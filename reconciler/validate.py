@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from reconciler.repo_files import DirectoryFiles, RepoFiles
 from reconciler.semantic_checks import (
     ALL_CHECKS,
     artifact_references,
+    fleet_names,
     group_conflicts,
     health_check_files,
     node_file_names,
@@ -20,8 +22,11 @@ from reconciler.semantic_checks import (
     run_checks,
 )
 
+NODE_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 # What rendering one node depends on, when only that node's file is read.
 NODE_CHECKS = (
+    fleet_names,
     artifact_references,
     health_check_files,
     node_file_names,
@@ -71,6 +76,11 @@ def load_for_node(files: RepoFiles, node_id: str, limits: Limits = DEFAULT_LIMIT
 
     Only the node's own file is read among nodes/, so the cost does not grow with the fleet.
     """
+    if not NODE_ID.fullmatch(node_id):
+        raise UsageError(
+            f"node id: got {node_id!r}, expected a DNS label like store-0042 (the name of a file"
+            " nodes/<id>.yaml)"
+        )
     repo, problems = load_fleet_repo(files, limits, only_node=node_id)
     problems.extend(run_checks(repo, NODE_CHECKS))
     found = errors(problems)

@@ -10,6 +10,7 @@ every tag that would build an object, refusing duplicate keys, and recording eac
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,38 @@ def load_yaml(data: bytes, file: str, limits: Limits = DEFAULT_LIMITS) -> Loaded
         raise DocumentError(file, 1, f"malformed YAML: {exc}") from None
     finally:
         loader.dispose()
+
+
+def load_json(data: bytes, file: str, limits: Limits = DEFAULT_LIMITS) -> Loaded:
+    """Parse a JSON document (trust/root.json) under the same limits, refusing duplicate keys.
+
+    JSON is parsed as JSON, since escapes such as surrogate pairs are not YAML 1.1; the
+    lines come from reading the same text as YAML when that succeeds, else line 1.
+    """
+    if len(data) > limits.max_yaml_bytes:
+        raise DocumentError(
+            file, 1, f"file is {len(data)} bytes, expected at most {limits.max_yaml_bytes}"
+        )
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"duplicate key '{key}', expected each key once")
+            out[key] = value
+        return out
+
+    try:
+        value = json.loads(data, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(file, exc.lineno, f"malformed JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise DocumentError(file, 1, f"malformed JSON: {exc}") from None
+    try:
+        lines = load_yaml(data, file, limits).lines
+    except DocumentError:
+        lines = {(): 1}
+    return Loaded(value, lines)
 
 
 class _Builder:

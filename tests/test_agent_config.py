@@ -59,3 +59,12 @@ def test_bad_config_exits_2_naming_the_line(
 def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(tmp_path / "absent.yaml")]) == 2
     assert "cannot read the configuration" in capsys.readouterr().err
+
+
+def test_scp_style_repo_is_an_ssh_address_not_a_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text(GOOD.replace("repo: ../fleet.git", "repo: git.example.net:fleet.git"))
+    assert main(["check-config", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["repo"] == "git.example.net:fleet.git"

@@ -215,3 +215,18 @@ def test_merge_with_empty_overlay_only_drops_nulls(
     once = merge({}, base)
     assert merge(once, {}) == once
     assert merge(merge(once, other), other) == merge(once, other)  # idempotent overlay
+
+
+@pytest.mark.parametrize("bad", ["../fleet", "../../etc/passwd", "Store-1", "a/b"])
+def test_render_refuses_a_node_id_that_is_not_one(
+    bad: str, make_fleet: FleetFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", bad, "--repo", str(make_fleet())]) == 2
+    assert "expected a DNS label" in capsys.readouterr().err
+
+
+def test_unknown_node_lists_some_known_ones(
+    make_fleet: FleetFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["render", "store-404", "--repo", str(make_fleet())]) == 1
+    assert "(depot-1, store-1, store-2)" in capsys.readouterr().err

@@ -39,7 +39,7 @@ FORMATS: dict[str, tuple[list[object], list[object]]] = {
     ),
     "relativePath": (
         ["golden/in.npy", "model.onnx", "a/b/c..d", ".hidden/x"],
-        ["/etc/passwd", "../x", "a/../b", "a/..", "./a", "a//b", "a\\b", "", "a/./b"],
+        ["/etc/passwd", "../x", "a/../b", "a/..", "./a", "a//b", "a\\b", "", "a/./b", "golden/"],
     ),
     "labelValue": (
         ["eu", "", "ring-1", "a.b_c"],

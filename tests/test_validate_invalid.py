@@ -400,6 +400,52 @@ CASES = [
 ]
 
 
+def link_nodes_folder(root: Path) -> None:
+    moved = root.parent / "nodes-elsewhere"
+    (root / "nodes").rename(moved)
+    (root / "nodes").symlink_to(moved)
+
+
+CASES += [
+    Case(
+        "label-trailing-newline",
+        {"nodes/store-2.yaml": node(labels='{tier: store, ring: "canary\\n"}')},
+        "nodes/store-2.yaml",
+        5,
+        'metadata.labels.ring: got "canary\\n"',
+    ),
+    Case(
+        "digest-trailing-newline",
+        {"artifacts.yaml": replace(CATALOG, f'"{D1}"', f'"{D1}\\n"')},
+        "artifacts.yaml",
+        9,
+        "64 lower-case hex digits",
+    ),
+    Case(
+        "path-newline-dotdot",
+        {"artifacts.yaml": replace(CATALOG, "file: model.onnx", 'file: "x\\n/../../etc/evil"')},
+        "artifacts.yaml",
+        26,
+        "expected a relative path",
+    ),
+    Case("nodes-folder-link", {}, "nodes", 1, "is a link", setup=link_nodes_folder),
+    Case(
+        "catalog-of-another-fleet",
+        {"artifacts.yaml": replace(CATALOG, "name: test-fleet", "name: other-fleet")},
+        "artifacts.yaml",
+        4,
+        'got "other-fleet", expected "test-fleet" (the name in fleet.yaml)',
+    ),
+    Case(
+        "root-json-duplicate-key",
+        {"trust/root.json": '{"signed": {}, "signed": {}}'},
+        "trust/root.json",
+        1,
+        "duplicate key 'signed'",
+    ),
+]
+
+
 def _duplicate_identity(root: Path) -> None:
     text = (root / "nodes" / "depot-1.yaml").read_text()
     key = next(line for line in text.splitlines() if "identity" in line)
@@ -452,6 +498,16 @@ def test_json_and_github_formats_carry_the_same_problems(
     assert any(
         a.startswith(f"::error file={root / case.file},line={case.line},") for a in annotations
     ), annotations
+
+
+def test_a_refused_shared_document_does_not_echo_through_every_node(
+    make_fleet: FleetFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_fleet({"fleet.yaml": replace(FLEET, "60s", "60 s")})
+    assert main(["validate", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "duration" in out and "no artifact" not in out, out
+    assert "invalid: 1 error" in out
 
 
 def test_all_problems_are_reported_in_one_run(

@@ -37,6 +37,12 @@ def test_base_fleet_is_valid(make_fleet: FleetFactory, capsys: pytest.CaptureFix
             "warning: spec.rollout.waves[0]: wave 'canary' selects no node",
         ),
         ({"nodes/README.md": "notes\n"}, "nodes/README.md", 1, "warning: ignored"),
+        (
+            {"trust/root.json": '{"signed": {"x": "\\ud83d\\ude00"}, "signatures": []}'},
+            "trust/root.json",
+            1,
+            "signed: missing required field '_type'",
+        ),
     ],
 )
 def test_warning_keeps_exit_zero(
@@ -48,8 +54,20 @@ def test_warning_keeps_exit_zero(
     text: str,
 ) -> None:
     root = make_fleet(changes)
-    assert main(["validate", str(root)]) == 0
+    code = main(["validate", str(root)])
     out = capsys.readouterr().out
     assert f"{root / file}:{line}: {text}" in out, out
+    if not text.startswith("warning"):
+        assert code == 1  # an error that JSON parsing let through to the schema
+        return
+    assert code == 0
     assert main(["validate", str(root), "--format", "github"]) == 0
     assert f"::warning file={root / file},line={line}," in capsys.readouterr().out
+
+
+def test_a_last_wave_selecting_everything_needs_no_warning(
+    make_fleet: FleetFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = FLEET.replace("{name: all, percent: 100}", "{name: all, selector: {matchLabels: {}}}")
+    assert main(["validate", str(make_fleet({"fleet.yaml": fleet}))]) == 0
+    assert "last wave" not in capsys.readouterr().out
