@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from reconciler import __version__
+from reconciler.commands import keys, release, trust
 from reconciler.errors import EdgeFleetError, ValidationFailed
 from reconciler.problems import Problem, render_problems
 from reconciler.render import render_node
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--repo", default=".", help="the repository (default: .)")
     render.add_argument("--format", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
+
+    for family in (keys, trust, release):
+        family.register(sub, common)
     return parser
 
 

@@ -41,3 +41,56 @@ class ValidationFailed(EdgeFleetError):
 
 class RenderError(EdgeFleetError):
     """A node's desired state cannot be rendered (unknown node, unresolved artifact)."""
+
+
+class TrustError(EdgeFleetError):
+    """A release or trust root was refused by verification; nothing it names may be applied.
+
+    Every subclass names the rule that failed, so that an operator (and the threat table in
+    docs/trust.md) can tell an attack from a signing mistake.
+    """
+
+    exit_code = 3
+    rule = "trust"
+
+
+class SignatureError(TrustError):
+    """Too few valid signatures from distinct trusted keys, or a signature that does not verify."""
+
+    rule = "threshold"
+
+
+class RollbackError(TrustError):
+    """A version not above the one already accepted (rollback, or replay of an equal version)."""
+
+    rule = "rollback"
+
+
+class ExpiredError(TrustError):
+    """Signed metadata whose expiry has passed (freeze), judged by a clock never set back."""
+
+    rule = "expired"
+
+
+class MixAndMatchError(TrustError):
+    """Pieces that never belonged together: another fleet's release, a tag and its payload."""
+
+    rule = "mix-and-match"
+
+
+class TamperedError(TrustError):
+    """Content whose digest differs from what was signed."""
+
+    rule = "tampered"
+
+
+class RootChainError(TrustError):
+    """A trust root rotation that does not follow the chain (thresholds of old and new keys)."""
+
+    rule = "root-chain"
+
+
+class SigstoreError(TrustError):
+    """A sigstore bundle that does not verify, or whose identity the trust root does not allow."""
+
+    rule = "sigstore"

@@ -1,0 +1,1 @@
+"""The subcommands of `edgefleet`, one module per family, each registering its parsers."""

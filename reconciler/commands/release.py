@@ -1,0 +1,297 @@
+"""`edgefleet release` signs HEAD as the next version; `edgefleet verify` checks one as a node.
+
+Both read the committed tree, never the working tree, and `verify` applies exactly the rules of
+`reconciler.release.verify_release` that every agent applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import git
+
+from reconciler.errors import (
+    MixAndMatchError,
+    SigstoreError,
+    TamperedError,
+    UsageError,
+    ValidationFailed,
+)
+from reconciler.git_tree import GitTreeFiles
+from reconciler.keyfiles import load_signing_key
+from reconciler.release import (
+    Accepted,
+    VerifiedFiles,
+    VerifiedRelease,
+    build_payload,
+    envelope_from_message,
+    file_digest,
+    sign_release,
+    tag_message,
+    tag_name,
+    verify_release,
+)
+from reconciler.release_tags import create_tag, principal, release_tags
+from reconciler.repo_files import RepoFiles
+from reconciler.signing import canonical
+from reconciler.timestamps import expiry, format_timestamp, now
+from reconciler.trust_root import TrustRoot, load_pinned_root, walk_roots
+from reconciler.validate import validate
+
+ROOT_FILE = "trust/root.json"
+
+
+def open_repo(path: str) -> git.Repo:
+    try:
+        return git.Repo(path)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise UsageError(
+            f"{path}: not a git repository, expected a fleet repository clone"
+        ) from None
+
+
+def sigstore_check(bundle: bytes, payload: bytes, root: TrustRoot) -> tuple[str, str]:
+    """Adapter from the release rules to the sigstore verifier; imported only when needed."""
+    if root.sigstore_trusted_root is None:
+        raise SigstoreError(
+            "the release carries a sigstore bundle, but the trust root has no"
+            " sigstoreTrustedRoot to verify it with"
+        )
+    from reconciler.sigstore_release import verify_sigstore_bundle
+
+    return verify_sigstore_bundle(
+        bundle, payload, dict(root.sigstore_trusted_root), root.release.sigstore
+    )
+
+
+def _refuse_invalid(files: RepoFiles, what: str) -> None:
+    report = validate(files)
+    if not report.ok:
+        raise ValidationFailed(
+            [p for p in report.problems if p.severity == "error"],
+            f"{what}: the fleet repository is invalid, expected `edgefleet validate` to pass",
+        )
+
+
+def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
+    """The newest release that went to every node: nodes outside a new wave keep it."""
+    for tag in release_tags(repo):
+        try:
+            rollout = envelope_from_message(tag.message, tag.name)["signed"]["rollout"]
+        except (KeyError, TypeError, ValueError):
+            continue
+        if rollout.get("wave") in (None, last_wave):
+            return tag.version
+    return None
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    repo = open_repo(args.repo)
+    tree = GitTreeFiles(repo, "HEAD")
+    _refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
+    if tree.entry(ROOT_FILE) != "file":
+        raise UsageError(f"{ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)")
+    root = load_pinned_root(tree.read(ROOT_FILE), f"{ROOT_FILE} at HEAD")
+    started = now()
+    if started >= root.expires:
+        raise UsageError(
+            f"{ROOT_FILE}: expired at {format_timestamp(root.expires)}; rotate it first"
+            " (`edgefleet trust rotate`)"
+        )
+    keys = [load_signing_key(Path(k)) for k in args.key or ()]
+    ids = [k.keyid for k in keys]
+    if len(set(ids)) != len(ids):
+        raise UsageError("--key: the same key given twice, expected distinct release keys")
+    for key in keys:
+        if key.keyid not in root.release.keyids:
+            raise UsageError(
+                f"--key: key {key.keyid[:16]}... is not a release key of root version"
+                f" {root.version}, expected one of {', '.join(k[:16] for k in root.release.keyids)}"
+            )
+    bundles: list[dict[str, Any]] = []
+    signers = len(keys)
+    if args.sigstore:
+        signers += 1
+    if signers < root.release.threshold:
+        raise UsageError(
+            f"--key: got {signers} signer(s), expected at least {root.release.threshold}"
+            " (the release threshold of the root)"
+        )
+    if not keys:
+        raise UsageError("--key: a release key is needed to sign the tag itself for git")
+    fleet_doc = json.loads(json.dumps(_fleet_spec(tree)))
+    waves = [w["name"] for w in fleet_doc.get("rollout", {}).get("waves", [])]
+    if args.wave is not None and args.wave not in waves:
+        raise UsageError(
+            f"--wave: got {args.wave!r}, expected one of {', '.join(waves) or '(none)'}"
+        )
+    digests: dict[str, str] = {}
+    for path in tree.paths():
+        kind = tree.entry(path)
+        if kind != "file":
+            raise UsageError(f"{path}: a {kind} in the commit, expected only regular files")
+        digests[path] = file_digest(tree.read(path))
+    tags = release_tags(repo)
+    version = tags[0].version + 1 if tags else 1
+    payload = build_payload(
+        fleet=root.fleet,
+        version=version,
+        commit=tree.commit,
+        files=digests,
+        issued_at=started,
+        expires=expiry(args.expires, started),
+        wave=args.wave,
+        baseline=_baseline(repo, waves[-1] if waves else None) if args.wave else None,
+    )
+    if args.sigstore:
+        from reconciler.sigstore_release import sign_with_sigstore
+
+        bundles.append(json.loads(sign_with_sigstore(canonical(payload))))
+    envelope = sign_release(payload, keys, bundles)
+    name = tag_name(version)
+    create_tag(
+        repo,
+        name=name,
+        commit=tree.commit,
+        message=tag_message(envelope),
+        signer=keys[0],
+        tagger=f"EdgeFleet release <{principal(keys[0].public.comment or 'release', root.fleet)}>",
+        when=started,
+    )
+    if args.push:
+        repo.git.push(args.remote, f"refs/tags/{name}")
+    print(
+        json.dumps(
+            {
+                "version": version,
+                "commit": tree.commit,
+                "tag": name,
+                "expires": payload["expires"],
+                "signers": ids,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _fleet_spec(tree: GitTreeFiles) -> dict[str, Any]:
+    from reconciler.yaml_loader import load_yaml
+
+    data = load_yaml(tree.read("fleet.yaml"), "fleet.yaml").data
+    spec: dict[str, Any] = data.get("spec", {}) if isinstance(data, dict) else {}
+    return spec
+
+
+def verify_tree(
+    pinned: TrustRoot,
+    tag: str,
+    message: str,
+    target: str,
+    files: RepoFiles,
+    all_paths: list[str] | None,
+    accepted: Accepted,
+    checked_at: datetime | None = None,
+) -> tuple[TrustRoot, VerifiedRelease]:
+    """Walk the root chain in the release's tree, verify the release, then every file it signs."""
+
+    def fetch(version: int) -> bytes | None:
+        path = f"trust/roots/{version}.json"
+        return files.read(path) if files.entry(path) == "file" else None
+
+    checked_at = checked_at or now()
+    envelope = envelope_from_message(message, tag)
+    root = walk_roots(pinned, fetch, max(checked_at, accepted.newest_signed_time or checked_at))
+    release = verify_release(root, envelope, tag, accepted, checked_at, sigstore_check, target)
+    verified = VerifiedFiles(release, files)
+    if all_paths is not None:
+        extra = sorted(set(all_paths) - set(release.files))
+        if extra:
+            raise TamperedError(
+                f"{extra[0]}: in the commit but not in release {release.version}'s signed file"
+                f" list ({len(extra)} such file(s)), expected exactly the signed files"
+            )
+    verified.verify_all()
+    if verified.entry(ROOT_FILE) == "file" and fetch(root.version) != verified.read(ROOT_FILE):
+        raise MixAndMatchError(
+            f"{ROOT_FILE}: differs from trust/roots/{root.version}.json, expected the newest root"
+        )
+    _refuse_invalid(verified, f"release {release.version}")
+    return root, release
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    repo = open_repo(args.repo)
+    try:
+        pinned = load_pinned_root(Path(args.trust).read_bytes(), args.trust)
+    except OSError as exc:
+        raise UsageError(f"{args.trust}: cannot read the trust root ({exc.strerror})") from None
+    tags = release_tags(repo)
+    if args.version is not None:
+        tags = [t for t in tags if t.version == args.version]
+    if not tags:
+        wanted = f"release/{args.version}" if args.version is not None else "a release/<N> tag"
+        raise UsageError(f"{args.repo}: got no {wanted}, expected one (`edgefleet release`)")
+    tag = tags[0]
+    tree = GitTreeFiles(repo, tag.target)
+    root, release = verify_tree(
+        pinned, tag.name, tag.message, tag.target, tree, tree.paths(), Accepted()
+    )
+    print(
+        json.dumps(
+            {
+                "verified": True,
+                "tag": tag.name,
+                "version": release.version,
+                "fleet": release.fleet,
+                "commit": release.commit,
+                "files": len(release.files),
+                "expires": release.payload["expires"],
+                "wave": release.wave,
+                "baseline": release.baseline,
+                "signers": list(release.signers),
+                "rootVersion": root.version,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    release = sub.add_parser(
+        "release", parents=[common], help="sign HEAD as the next release (tag release/<version>)"
+    )
+    release.add_argument("--repo", default=".", help="the fleet repository (default: .)")
+    release.add_argument(
+        "--key",
+        action="append",
+        metavar="KEY",
+        help="a private release key; repeat to meet the threshold",
+    )
+    release.add_argument("--expires", default="30d", help="e.g. 30d or 2027-01-31T00:00:00Z")
+    release.add_argument("--wave", help="the rollout wave this release goes to (default: all)")
+    release.add_argument(
+        "--sigstore",
+        action="store_true",
+        help="also sign with the ambient sigstore (OIDC) identity, as CI does",
+    )
+    release.add_argument("--push", action="store_true", help="push the tag to --remote")
+    release.add_argument("--remote", default="origin")
+    release.set_defaults(func=cmd_release)
+
+    verify = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="check a release as an agent would (exit 0 good, 3 refused)",
+    )
+    verify.add_argument("--repo", default=".", help="the fleet repository (default: .)")
+    verify.add_argument("--trust", required=True, metavar="ROOT", help="the pinned root.json")
+    verify.add_argument("version", nargs="?", type=int, help="the release (default: newest)")
+    verify.set_defaults(func=cmd_verify)

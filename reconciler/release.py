@@ -1,0 +1,292 @@
+"""Signed releases: the payload that pins a commit, and the one function that verifies it.
+
+`verify_release` is the whole decision, used by the agent and by `edgefleet verify`: it takes
+the trusted root, the tag's message and name, and what the node last accepted, and returns the
+release or raises the `TrustError` that names the rule it broke. It does no I/O; the files of
+the commit are checked as they are read, through `VerifiedFiles`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.errors import (
+    ExpiredError,
+    MixAndMatchError,
+    RollbackError,
+    SignatureError,
+    TamperedError,
+)
+from reconciler.keys import SigningKey
+from reconciler.repo_files import EntryKind, RepoFiles
+from reconciler.schema_check import schema_errors
+from reconciler.signing import canonical, sign_envelope, valid_signers
+from reconciler.timestamps import format_timestamp, parse_timestamp
+from reconciler.trust_root import TrustRoot
+
+RELEASE_TYPE = "edgefleet/release"
+TAG_PREFIX = "release/"
+# A verifier of sigstore bundles: (bundle, payload bytes, root) -> the (issuer, subject) it found.
+SigstoreCheck = Callable[[bytes, bytes, TrustRoot], tuple[str, str]]
+
+
+def tag_name(version: int) -> str:
+    return f"{TAG_PREFIX}{version}"
+
+
+def build_payload(
+    *,
+    fleet: str,
+    version: int,
+    commit: str,
+    files: Mapping[str, str],
+    issued_at: datetime,
+    expires: datetime,
+    wave: str | None = None,
+    baseline: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "_type": RELEASE_TYPE,
+        "specVersion": 1,
+        "fleet": fleet,
+        "version": version,
+        "commit": commit,
+        "files": dict(sorted(files.items())),
+        "issuedAt": format_timestamp(issued_at),
+        "expires": format_timestamp(expires),
+        "rollout": {"wave": wave, "baseline": baseline},
+    }
+
+
+def sign_release(
+    payload: Mapping[str, Any],
+    keys: Sequence[SigningKey],
+    sigstore_bundles: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    envelope = sign_envelope(payload, keys)
+    if sigstore_bundles:
+        envelope["sigstore"] = [dict(b) for b in sigstore_bundles]
+    return envelope
+
+
+def tag_message(envelope: Mapping[str, Any]) -> str:
+    """The annotated tag's message: a subject line for `git log`, then the envelope as JSON."""
+    signed = envelope["signed"]
+    subject = (
+        f"EdgeFleet release {signed['version']} of {signed['fleet']} ({signed['commit'][:12]})"
+    )
+    return f"{subject}\n\n{json.dumps(envelope, indent=2, sort_keys=True)}\n"
+
+
+def envelope_from_message(message: str, tag: str) -> dict[str, Any]:
+    _, _, body = message.partition("\n\n")
+    start = body.find("{")
+    end = body.rfind("}")
+    if start < 0 or end < start:
+        raise SignatureError(f"tag {tag}: got no signed release in its message, expected JSON")
+    try:
+        envelope = json.loads(body[start : end + 1])
+    except json.JSONDecodeError as exc:
+        raise SignatureError(f"tag {tag}: the release in its message is not JSON ({exc})") from None
+    if not isinstance(envelope, dict):
+        raise SignatureError(f"tag {tag}: got {type(envelope).__name__}, expected a JSON object")
+    return envelope
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a node last accepted, from its journal: the floor for the next release."""
+
+    version: int | None = None
+    digest: str | None = None
+    newest_signed_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class VerifiedRelease:
+    payload: Mapping[str, Any]
+    digest: str
+    signers: tuple[str, ...]
+
+    @property
+    def version(self) -> int:
+        value: int = self.payload["version"]
+        return value
+
+    @property
+    def fleet(self) -> str:
+        value: str = self.payload["fleet"]
+        return value
+
+    @property
+    def commit(self) -> str:
+        value: str = self.payload["commit"]
+        return value
+
+    @property
+    def files(self) -> Mapping[str, str]:
+        value: Mapping[str, str] = self.payload["files"]
+        return value
+
+    @property
+    def issued_at(self) -> datetime:
+        return parse_timestamp(self.payload["issuedAt"])
+
+    @property
+    def expires(self) -> datetime:
+        return parse_timestamp(self.payload["expires"])
+
+    @property
+    def wave(self) -> str | None:
+        value: str | None = self.payload["rollout"]["wave"]
+        return value
+
+    @property
+    def baseline(self) -> int | None:
+        value: int | None = self.payload["rollout"]["baseline"]
+        return value
+
+    def accepted(self, before: Accepted) -> Accepted:
+        """The journal's new floor once this release is applied."""
+        times = [t for t in (before.newest_signed_time, self.issued_at) if t is not None]
+        return Accepted(self.version, self.digest, max(times))
+
+
+def verify_release(
+    root: TrustRoot,
+    envelope: Mapping[str, Any],
+    tag: str,
+    accepted: Accepted,
+    now: datetime,
+    sigstore_check: SigstoreCheck | None = None,
+    target: str | None = None,
+) -> VerifiedRelease:
+    """The release, if every rule holds; else the TrustError of the first rule it breaks."""
+    problems = schema_errors(envelope, "release.json")
+    if problems:
+        _, message = problems[0]
+        raise SignatureError(f"tag {tag}: not a well-formed signed release ({message})")
+    payload = envelope["signed"]
+    data = canonical(payload)
+    digest = hashlib.sha256(data).hexdigest()
+    release_role = root.release
+    signers = sorted(valid_signers(data, envelope["signatures"], release_role.keyids, root.keys))
+    bundles = envelope.get("sigstore", ())
+    if bundles:
+        if sigstore_check is None:
+            raise SignatureError(f"tag {tag}: carries sigstore bundles, but no verifier was given")
+        for bundle in bundles:
+            issuer, subject = sigstore_check(json.dumps(bundle).encode(), data, root)
+            identity = f"sigstore:{issuer}:{subject}"
+            if identity not in signers:
+                signers.append(identity)
+    if len(signers) < release_role.threshold:
+        raise SignatureError(
+            f"tag {tag}: got {len(signers)} valid signature(s) from distinct release keys of"
+            f" root version {root.version}, expected at least {release_role.threshold}"
+        )
+    if payload["fleet"] != root.fleet:
+        raise MixAndMatchError(
+            f"tag {tag}: got a release of fleet {payload['fleet']!r}, expected {root.fleet!r}"
+        )
+    if tag != tag_name(payload["version"]):
+        raise MixAndMatchError(
+            f"tag {tag}: its payload says version {payload['version']}, expected the tag"
+            f" {tag_name(payload['version'])}"
+        )
+    if target is not None and target != payload["commit"]:
+        raise MixAndMatchError(
+            f"tag {tag}: points at commit {target[:12]}, expected {payload['commit'][:12]}, the"
+            " commit its payload signs"
+        )
+    version = payload["version"]
+    if accepted.version is not None and version <= accepted.version:
+        if version == accepted.version and digest == accepted.digest:
+            raise RollbackError(f"tag {tag}: version {version} is already applied")
+        what = (
+            "the same version with different content"
+            if version == accepted.version
+            else ("an older version")
+        )
+        raise RollbackError(
+            f"tag {tag}: got version {version} ({what}), expected a version above"
+            f" {accepted.version}, the last accepted"
+        )
+    issued = parse_timestamp(payload["issuedAt"])
+    # The node's clock is never believed earlier than a time it has seen signed.
+    effective = max(t for t in (now, accepted.newest_signed_time, issued) if t is not None)
+    expires = parse_timestamp(payload["expires"])
+    if effective >= expires:
+        clock = (
+            ""
+            if effective == now
+            else f" (the clock says {format_timestamp(now)}, but a"
+            f" signed time of {format_timestamp(effective)} was already seen)"
+        )
+        raise ExpiredError(
+            f"tag {tag}: expired at {format_timestamp(expires)}, now is"
+            f" {format_timestamp(effective)}{clock}; expected an unexpired release (the node"
+            " keeps running what it runs)"
+        )
+    return VerifiedRelease(payload, digest, tuple(signers))
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class VerifiedFiles:
+    """The files of a release's commit, each served only if its bytes match the signed digest.
+
+    Paths the payload does not name do not exist here, so an extra file slipped into a commit
+    cannot reach rendering; a file whose bytes changed raises `TamperedError` when read.
+    """
+
+    def __init__(self, release: VerifiedRelease, files: RepoFiles) -> None:
+        self.release = release
+        self.files = files
+        self.digests = release.files
+        self.folders = {
+            "/".join(p.split("/")[:i]) for p in self.digests for i in range(1, p.count("/") + 1)
+        }
+
+    def entry(self, path: str) -> EntryKind | None:
+        if path in self.digests:
+            kind = self.files.entry(path)
+            return "link" if kind == "link" else "file"
+        return "dir" if path in self.folders else None
+
+    def listdir(self, folder: str) -> list[tuple[str, EntryKind]]:
+        prefix = f"{folder}/" if folder else ""
+        names: dict[str, EntryKind] = {}
+        for path in self.digests:
+            if path.startswith(prefix):
+                rest = path[len(prefix) :]
+                name, _, deeper = rest.partition("/")
+                names[name] = "dir" if deeper else "file"
+        return sorted(names.items())
+
+    def read(self, path: str) -> bytes:
+        expected = self.digests.get(path)
+        if expected is None:
+            raise FileNotFoundError(path)
+        data = self.files.read(path)
+        got = file_digest(data)
+        if got != expected:
+            raise TamperedError(
+                f"{path}: got content with SHA-256 {got[:16]}..., expected {expected[:16]}... as"
+                f" release {self.release.version} signed it"
+            )
+        return data
+
+    def verify_all(self, paths: Iterable[str] | None = None) -> int:
+        """Read and check every signed file (or the given ones); returns the bytes checked."""
+        total = 0
+        for path in self.digests if paths is None else paths:
+            total += len(self.read(path))
+        return total
