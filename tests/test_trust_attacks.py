@@ -16,13 +16,15 @@ from reconciler.errors import (
     RollbackError,
     RootChainError,
     SignatureError,
+    SigstoreError,
     TamperedError,
     TrustError,
 )
 from reconciler.keys import SigningKey
 from reconciler.release import sign_release
-from reconciler.signing import sign_envelope
+from reconciler.signing import canonical, sign_envelope
 from reconciler.timestamps import now
+from tests.sigstore_testing import SigstorePKI
 from tests.trust_testing import FleetRepository, Keys, Node, git_commit
 
 
@@ -242,3 +244,74 @@ def test_a_corrupted_tag_message(
 
     fleet.tag(envelope, message=mangle(tag_message(envelope)))
     refused(node, fleet, SignatureError, "tag release/1")
+
+
+# --- sigstore: a release signed by a CI identity instead of (or besides) keys ----------------
+
+CI_ISSUER = "https://token.actions.githubusercontent.com"
+CI_SUBJECT = "https://github.com/retail/fleet/.github/workflows/release.yml@refs/heads/main"
+
+
+@pytest.fixture
+def sigstore_fleet(tmp_path: Path) -> tuple[FleetRepository, SigstorePKI]:
+    pki = SigstorePKI()
+    fleet = FleetRepository(tmp_path / "repo", root_threshold=2, release_threshold=2)
+    signed = fleet.root_doc(fleet.keys.root, 2, fleet.keys.release, 2, version=1)
+    signed["roles"]["release"]["sigstore"] = [{"issuer": CI_ISSUER, "subject": CI_SUBJECT}]
+    signed["sigstoreTrustedRoot"] = pki.trusted_root()
+    data = json.dumps(sign_envelope(signed, fleet.keys.root[:2]), indent=2).encode()
+    (fleet.path / "trust" / "root.json").write_bytes(data)
+    (fleet.path / "trust" / "roots" / "1.json").write_bytes(data)
+    git_commit(fleet.repo, "allow the CI identity to sign releases")
+    return fleet, pki
+
+
+def sigstore_release(
+    fleet: FleetRepository, pki: SigstorePKI, subject: str, issuer: str, keys: int = 1
+) -> None:
+    payload = fleet.payload()
+    bundle = json.loads(pki.make_bundle(canonical(payload), subject, issuer))
+    fleet.tag(sign_release(payload, fleet.keys.release[:keys], [bundle]))
+
+
+def test_one_key_and_the_ci_identity_meet_a_threshold_of_two(
+    tmp_path: Path, sigstore_fleet: tuple[FleetRepository, SigstorePKI]
+) -> None:
+    fleet, pki = sigstore_fleet
+    node = Node(tmp_path / "state.json", fleet.pinned_root())
+    sigstore_release(fleet, pki, CI_SUBJECT, CI_ISSUER)
+    release = node.update(fleet.repo)
+    assert f"sigstore:{CI_ISSUER}:{CI_SUBJECT}" in release.signers and len(release.signers) == 2
+
+
+@pytest.mark.parametrize(
+    ("subject", "issuer", "match"),
+    [
+        (CI_SUBJECT.replace("retail/fleet", "mallory/fork"), CI_ISSUER, "sigstore identity: got"),
+        (CI_SUBJECT, "https://accounts.example.com", "sigstore identity: got"),
+    ],
+    ids=["another-subject", "another-issuer"],
+)
+def test_a_sigstore_identity_the_root_does_not_allow(
+    tmp_path: Path,
+    sigstore_fleet: tuple[FleetRepository, SigstorePKI],
+    subject: str,
+    issuer: str,
+    match: str,
+) -> None:
+    fleet, pki = sigstore_fleet
+    node = Node(tmp_path / "state.json", fleet.pinned_root())
+    sigstore_release(fleet, pki, subject, issuer)
+    refused(node, fleet, SigstoreError, match)
+
+
+def test_a_corrupted_sigstore_bundle(
+    tmp_path: Path, sigstore_fleet: tuple[FleetRepository, SigstorePKI]
+) -> None:
+    fleet, pki = sigstore_fleet
+    node = Node(tmp_path / "state.json", fleet.pinned_root())
+    payload = fleet.payload()
+    bundle = json.loads(pki.make_bundle(canonical(payload), CI_SUBJECT, CI_ISSUER))
+    bundle["messageSignature"]["signature"] = bundle["messageSignature"]["signature"][::-1]
+    fleet.tag(sign_release(payload, fleet.keys.release[:1], [bundle]))
+    refused(node, fleet, SigstoreError, "sigstore")
