@@ -11,12 +11,18 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import combinations
 from typing import Any
 
-from reconciler.fleet_repo import Document, FleetRepo, priority
+from reconciler.errors import EdgeFleetError
+from reconciler.fleet_repo import TRUST_ROOT_FILE, Document, FleetRepo, priority
+from reconciler.keys import PublicKey
 from reconciler.problems import Problem
+from reconciler.release_tags import allowed_signers
 from reconciler.render import layers, merge_layers, unresolved
 from reconciler.schema_check import dotted, shown
 from reconciler.selectors import matches
+from reconciler.trust_root import parse_root
 from reconciler.yaml_loader import FieldPath
+
+SIGNERS_FILE = "trust/allowed_signers"
 
 Check = Callable[[FleetRepo], list[Problem]]
 
@@ -389,8 +395,47 @@ def fleet_names(repo: FleetRepo) -> list[Problem]:
     ]
 
 
+def allowed_signers_file(repo: FleetRepo) -> list[Problem]:
+    """trust/allowed_signers is what the root and the nodes' identities generate, so that
+    `git verify-tag` and `git verify-commit` audits trust exactly the keys the root names."""
+    if repo.trust_root is None or repo.refused:
+        return []
+    try:
+        root = parse_root(repo.files.read(TRUST_ROOT_FILE))
+        nodes = {n.name: PublicKey.from_openssh(n.spec["identity"]) for n in repo.nodes}
+    except EdgeFleetError as exc:
+        return [Problem(TRUST_ROOT_FILE, 1, str(exc), "error", "trust-root")]
+    expected = allowed_signers(root, nodes)
+    entry = repo.files.entry(SIGNERS_FILE)
+    if entry is None:
+        return [
+            Problem(
+                SIGNERS_FILE,
+                1,
+                "missing: plain-git audits cannot check signatures (run `edgefleet trust signers`)",
+                "warning",
+                "allowed-signers",
+            )
+        ]
+    got = repo.files.read(SIGNERS_FILE).decode("utf-8", "replace") if entry == "file" else ""
+    if got != expected:
+        return [
+            Problem(
+                SIGNERS_FILE,
+                1,
+                "stale: got a file that differs from what trust/root.json"
+                " and nodes/*.yaml generate, expected it regenerated (`edgefleet trust"
+                " signers`)",
+                "error",
+                "allowed-signers",
+            )
+        ]
+    return []
+
+
 ALL_CHECKS: tuple[Check, ...] = (
     fleet_names,
+    allowed_signers_file,
     artifact_references,
     health_check_files,
     node_file_names,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.commands.trust import write_signers
 from reconciler.errors import (
     ExpiredError,
     MixAndMatchError,
@@ -24,6 +25,7 @@ from reconciler.keys import SigningKey
 from reconciler.release import sign_release
 from reconciler.signing import canonical, sign_envelope
 from reconciler.timestamps import now
+from reconciler.trust_root import parse_root
 from tests.sigstore_testing import SigstorePKI
 from tests.trust_testing import FleetRepository, Keys, Node, git_commit
 
@@ -262,6 +264,7 @@ def sigstore_fleet(tmp_path: Path) -> tuple[FleetRepository, SigstorePKI]:
     data = json.dumps(sign_envelope(signed, fleet.keys.root[:2]), indent=2).encode()
     (fleet.path / "trust" / "root.json").write_bytes(data)
     (fleet.path / "trust" / "roots" / "1.json").write_bytes(data)
+    write_signers(fleet.path, parse_root(data))
     git_commit(fleet.repo, "allow the CI identity to sign releases")
     return fleet, pki
 

@@ -318,3 +318,23 @@ def test_trust_rotate_through_the_command(
     )
     assert "signed by" in capsys.readouterr().err
     assert json.loads((fleet_repo / "trust" / "root.json").read_text())["signed"]["version"] == 2
+
+
+def test_validate_keeps_allowed_signers_in_step_with_the_root_and_nodes(
+    fleet_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    signers = fleet_repo / "trust" / "allowed_signers"
+    assert edgefleet("validate", str(fleet_repo)) == 0
+    assert "store-1@test-fleet" in signers.read_text()
+    signers.write_text(
+        signers.read_text() + 'mallory@test-fleet namespaces="git" ssh-ed25519 AAAA\n'
+    )
+    capsys.readouterr()
+    assert edgefleet("validate", str(fleet_repo)) == 1
+    assert "trust/allowed_signers:1: stale" in capsys.readouterr().out
+    assert edgefleet("trust", "signers", "--repo", str(fleet_repo)) == 0
+    assert edgefleet("validate", str(fleet_repo)) == 0
+    signers.unlink()
+    capsys.readouterr()
+    assert edgefleet("validate", str(fleet_repo)) == 0
+    assert "allowed_signers:1: warning: missing" in capsys.readouterr().out

@@ -18,7 +18,7 @@ import git
 
 from reconciler.atomic import write_atomic
 from reconciler.commands.release import verify_tree
-from reconciler.commands.trust import build_root
+from reconciler.commands.trust import build_root, write_signers
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keys import SigningKey
 from reconciler.release import (
@@ -30,10 +30,10 @@ from reconciler.release import (
     tag_message,
     tag_name,
 )
-from reconciler.release_tags import allowed_signers, create_tag, release_tags
+from reconciler.release_tags import create_tag, release_tags
 from reconciler.signing import sign_envelope
 from reconciler.timestamps import format_timestamp, now, parse_timestamp
-from reconciler.trust_root import load_pinned_root
+from reconciler.trust_root import load_pinned_root, parse_root
 from tests.conftest import base_files, write_files
 
 FLEET_NAME = "test-fleet"
@@ -115,9 +115,7 @@ class FleetRepository:
         data = (json.dumps(sign_envelope(signed, signers), indent=2) + "\n").encode()
         write_atomic(self.path / "trust" / "root.json", data)
         write_atomic(self.path / "trust" / "roots" / f"{version}.json", data)
-        root = load_pinned_root(data) if version == 1 else None
-        if root is not None:
-            (self.path / "trust" / "allowed_signers").write_text(allowed_signers(root))
+        write_signers(self.path, parse_root(data))
         self.root_version = version
         return data
 
