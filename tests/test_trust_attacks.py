@@ -318,3 +318,13 @@ def test_a_corrupted_sigstore_bundle(
     bundle["messageSignature"]["signature"] = bundle["messageSignature"]["signature"][::-1]
     fleet.tag(sign_release(payload, fleet.keys.release[:1], [bundle]))
     refused(node, fleet, SigstoreError, "sigstore")
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/shadow", "nodes/x.yaml\n", "a//b"])
+def test_a_signed_file_map_naming_an_unsafe_path(
+    fleet: FleetRepository, node: Node, path: str
+) -> None:
+    payload = fleet.payload()
+    payload["files"][path] = "0" * 64
+    fleet.tag(sign_release(payload, fleet.keys.release[:2]))  # validly signed, but unsafe
+    refused(node, fleet, SignatureError, "expected a safe relative path")
