@@ -305,7 +305,13 @@ class VerifiedFiles:
         expected = self.digests.get(path)
         if expected is None:
             raise FileNotFoundError(path)
-        data = self.files.read(path)
+        try:
+            data = self.files.read(path)
+        except FileNotFoundError:
+            raise TamperedError(
+                f"{path}: signed by release {self.release.version} but missing from the tree"
+                " (or not a regular file), expected it present"
+            ) from None
         got = file_digest(data)
         if got != expected:
             raise TamperedError(

@@ -20,12 +20,13 @@ from reconciler.errors import (
     SigstoreError,
     TamperedError,
     TrustError,
+    ValidationFailed,
 )
 from reconciler.keys import SigningKey
 from reconciler.release import sign_release
 from reconciler.signing import canonical, sign_envelope
 from reconciler.timestamps import now
-from reconciler.trust_root import parse_root
+from reconciler.trust_root import load_pinned_root, parse_root, walk_roots
 from tests.sigstore_testing import SigstorePKI
 from tests.trust_testing import FleetRepository, Keys, Node, git_commit
 
@@ -328,3 +329,82 @@ def test_a_signed_file_map_naming_an_unsafe_path(
     payload["files"][path] = "0" * 64
     fleet.tag(sign_release(payload, fleet.keys.release[:2]))  # validly signed, but unsafe
     refused(node, fleet, SignatureError, "expected a safe relative path")
+
+
+# --- the remaining rules of the threat table -----------------------------------------------
+
+
+def test_an_expired_root(fleet: FleetRepository, node: Node) -> None:
+    signed = fleet.root_doc(
+        fleet.keys.root, 2, fleet.keys.release, 2, version=2, expires=now() - timedelta(days=1)
+    )
+    data = json.dumps(sign_envelope(signed, fleet.keys.root[:2])).encode()
+    for name in ("root.json", "roots/2.json"):
+        (fleet.path / "trust" / name).write_bytes(data)
+    write_signers(fleet.path, parse_root(data))
+    git_commit(fleet.repo, "a root that has already expired")
+    fleet.release()
+    refused(node, fleet, ExpiredError, "root version 2: expired at")
+
+
+def test_a_root_of_another_fleet_in_the_chain(fleet: FleetRepository, node: Node) -> None:
+    signed = fleet.root_doc(fleet.keys.root, 2, fleet.keys.release, 2, version=2)
+    signed["fleet"] = "other-fleet"
+    data = json.dumps(sign_envelope(signed, fleet.keys.root[:2])).encode()
+    (fleet.path / "trust" / "roots" / "2.json").write_bytes(data)
+    git_commit(fleet.repo, "another fleet's root")
+    fleet.release()
+    refused(node, fleet, MixAndMatchError, "got fleet 'other-fleet'")
+
+
+def test_root_json_that_disagrees_with_the_chain(fleet: FleetRepository, node: Node) -> None:
+    root = fleet.path / "trust" / "root.json"
+    root.write_text(root.read_text() + "\n")
+    git_commit(fleet.repo, "root.json is no longer roots/1.json")
+    fleet.release()
+    refused(node, fleet, MixAndMatchError, "differs from trust/roots/1.json")
+
+
+def test_one_key_under_two_ids_is_refused_when_the_root_is_read(fleet: FleetRepository) -> None:
+    signed = fleet.root_doc(fleet.keys.root, 2, fleet.keys.release, 2, version=1)
+    key = fleet.keys.release[0]
+    signed["keys"]["f" * 64] = {"keytype": "ed25519", "public": key.public.openssh()}
+    signed["roles"]["release"]["keyids"].append("f" * 64)
+    data = json.dumps(sign_envelope(signed, fleet.keys.root[:2])).encode()
+    with pytest.raises(RootChainError, match="one key, one id"):
+        load_pinned_root(data)
+
+
+def test_an_endless_rotation_chain_is_bounded(fleet: FleetRepository) -> None:
+    pinned = load_pinned_root(fleet.pinned_root())
+    chain: dict[int, bytes] = {}
+    for version in range(2, 7):
+        signed = fleet.root_doc(fleet.keys.root, 2, fleet.keys.release, 2, version=version)
+        chain[version] = json.dumps(sign_envelope(signed, fleet.keys.root[:2])).encode()
+    with pytest.raises(RootChainError, match="more than 3 root rotations"):
+        walk_roots(pinned, chain.get, now(), max_rotations=3)
+    assert walk_roots(pinned, chain.get, now(), max_rotations=5).version == 6
+
+
+def test_a_signed_file_missing_from_the_tree(fleet: FleetRepository, node: Node) -> None:
+    payload = fleet.payload()
+    payload["files"]["golden/extra.npy"] = "0" * 64
+    fleet.tag(sign_release(payload, fleet.keys.release[:2]))
+    refused(node, fleet, TamperedError, "golden/extra.npy: signed by release 1 but missing")
+
+
+def test_a_version_beyond_what_canonical_json_can_carry(fleet: FleetRepository, node: Node) -> None:
+    payload = fleet.payload()
+    payload["version"] = 2**55
+    envelope = {"signed": payload, "signatures": []}
+    fleet.tag(envelope, name=f"release/{2**55}")
+    refused(node, fleet, SignatureError, "not a well-formed signed release")
+
+
+def test_a_validly_signed_but_invalid_desired_state(fleet: FleetRepository, node: Node) -> None:
+    fleet.change("fleet.yaml", (fleet.path / "fleet.yaml").read_text().replace("60s", "60 s"))
+    fleet.release()  # signed without `edgefleet release`, which would have refused it
+    before = node.snapshot()
+    with pytest.raises(ValidationFailed, match="release 1: the fleet repository is invalid"):
+        node.update(fleet.repo)
+    assert node.snapshot() == before
