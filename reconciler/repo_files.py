@@ -83,10 +83,18 @@ class DirectoryFiles:
             fd = os.open(self._prefix + path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             raise FileNotFoundError(path) from None
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 raise FileNotFoundError(path)
-            return handle.read()
+            # Unbuffered reads sized from fstat: a buffered reader per file costs as much as
+            # hashing it. The loop still ends at EOF if the file grew or shrank meanwhile.
+            chunks = []
+            while chunk := os.read(fd, max(info.st_size, 65536) + 1):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
 
 def _scandir_kind(item: os.DirEntry[str]) -> EntryKind:
