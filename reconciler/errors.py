@@ -39,6 +39,12 @@ class ValidationFailed(EdgeFleetError):
         self.problems = list(problems)
 
 
+class ReleaseInvalid(ValidationFailed):
+    """A signed release whose desired state fails validation: refused like a bad signature."""
+
+    exit_code = 3
+
+
 class RenderError(EdgeFleetError):
     """A node's desired state cannot be rendered (unknown node, unresolved artifact)."""
 

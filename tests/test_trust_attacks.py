@@ -405,6 +405,7 @@ def test_a_validly_signed_but_invalid_desired_state(fleet: FleetRepository, node
     fleet.change("fleet.yaml", (fleet.path / "fleet.yaml").read_text().replace("60s", "60 s"))
     fleet.release()  # signed without `edgefleet release`, which would have refused it
     before = node.snapshot()
-    with pytest.raises(ValidationFailed, match="release 1: the fleet repository is invalid"):
+    with pytest.raises(ValidationFailed, match="release 1: the fleet repository is invalid") as err:
         node.update(fleet.repo)
+    assert err.value.exit_code == 3  # rejected by validation: the contract's exit code 3
     assert node.snapshot() == before

@@ -16,6 +16,7 @@ import git
 
 from reconciler.errors import (
     MixAndMatchError,
+    ReleaseInvalid,
     SigstoreError,
     TamperedError,
     UsageError,
@@ -68,10 +69,12 @@ def sigstore_check(bundle: bytes, payload: bytes, root: TrustRoot) -> tuple[str,
     )
 
 
-def _refuse_invalid(files: RepoFiles, what: str) -> None:
+def _refuse_invalid(
+    files: RepoFiles, what: str, error: type[ValidationFailed] = ValidationFailed
+) -> None:
     report = validate(files)
     if not report.ok:
-        raise ValidationFailed(
+        raise error(
             [p for p in report.problems if p.severity == "error"],
             f"{what}: the fleet repository is invalid, expected `edgefleet validate` to pass",
         )
@@ -220,7 +223,7 @@ def verify_tree(
         raise MixAndMatchError(
             f"{ROOT_FILE}: differs from trust/roots/{root.version}.json, expected the newest root"
         )
-    _refuse_invalid(verified, f"release {release.version}")
+    _refuse_invalid(verified, f"release {release.version}", ReleaseInvalid)
     return root, release
 
 
