@@ -235,9 +235,9 @@ interleaved, {repeat} runs each; wall times in seconds.
 """
 
 
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section in ``path`` (or append it), keeping the rest."""
-    start, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
+def write_section(section: str, path: Path = RESULTS, name: str = SECTION) -> None:
+    """Replace the section ``name`` in ``path`` (or append it), keeping the rest."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     if path.exists():
         text = path.read_text(encoding="utf-8")
     else:

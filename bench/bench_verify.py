@@ -51,7 +51,13 @@ import git
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_validate import Timing, find_edgefleet, machine_info, run_timed  # noqa: E402
+from bench_validate import (  # noqa: E402
+    Timing,
+    find_edgefleet,
+    machine_info,
+    run_timed,
+    write_section,
+)
 from gen_fleet import generate_fleet  # noqa: E402
 
 from reconciler.commands.release import verify_tree  # noqa: E402
@@ -339,21 +345,6 @@ is about {full.best - noval.best:.2f} s of its {full.best:.2f} s
 """
 
 
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section in `path` (or append it), keeping the rest.
-
-    The approach of bench_validate.write_section, whose markers are fixed to its own section.
-    """
-    start, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    i, j = text.find(start), text.find(end)
-    if i != -1 and j > i:
-        text = text[:i] + section.rstrip("\n") + text[j + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate and release the fleet, time the measurements, record the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -459,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(section, RESULTS, SECTION)
         print(f"updated {RESULTS}")
     return 0
 
