@@ -23,6 +23,12 @@ CATALOG_FILE = "artifacts.yaml"
 GROUPS_DIR = "groups"
 NODES_DIR = "nodes"
 TRUST_ROOT_FILE = "trust/root.json"
+SIGNERS_FILE = "trust/allowed_signers"
+
+
+def root_chain_file(version: int) -> str:
+    """Where every version of the root stays, for nodes to walk the chain."""
+    return f"trust/roots/{version}.json"
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,9 @@ class VerifiedFiles:
         self.folders = {
             "/".join(p.split("/")[:i]) for p in self.digests for i in range(1, p.count("/") + 1)
         }
+        # Bytes already checked: validation after verify_all reads them again, and each file
+        # is read and hashed once, not twice.
+        self._verified: dict[str, bytes] = {}
 
     def entry(self, path: str) -> EntryKind | None:
         if path in self.digests:
@@ -302,6 +305,9 @@ class VerifiedFiles:
         return sorted(names.items())
 
     def read(self, path: str) -> bytes:
+        known = self._verified.get(path)
+        if known is not None:
+            return known
         expected = self.digests.get(path)
         if expected is None:
             raise FileNotFoundError(path)
@@ -318,6 +324,7 @@ class VerifiedFiles:
                 f"{path}: got content with SHA-256 {got[:16]}..., expected {expected[:16]}... as"
                 f" release {self.release.version} signed it"
             )
+        self._verified[path] = data
         return data
 
     def verify_all(self, paths: Iterable[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from itertools import combinations
 from typing import Any
 
 from reconciler.errors import EdgeFleetError
-from reconciler.fleet_repo import TRUST_ROOT_FILE, Document, FleetRepo, priority
+from reconciler.fleet_repo import SIGNERS_FILE, TRUST_ROOT_FILE, Document, FleetRepo, priority
 from reconciler.keys import PublicKey
 from reconciler.problems import Problem
 from reconciler.release_tags import allowed_signers
@@ -21,8 +21,6 @@ from reconciler.schema_check import dotted, shown
 from reconciler.selectors import matches
 from reconciler.trust_root import parse_root
 from reconciler.yaml_loader import FieldPath
-
-SIGNERS_FILE = "trust/allowed_signers"
 
 Check = Callable[[FleetRepo], list[Problem]]
 

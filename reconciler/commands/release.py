@@ -22,6 +22,7 @@ from reconciler.errors import (
     UsageError,
     ValidationFailed,
 )
+from reconciler.fleet_repo import TRUST_ROOT_FILE, root_chain_file
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
 from reconciler.release import (
@@ -41,9 +42,7 @@ from reconciler.repo_files import RepoFiles
 from reconciler.signing import canonical
 from reconciler.timestamps import expiry, format_timestamp, now
 from reconciler.trust_root import TrustRoot, load_pinned_root, walk_roots
-from reconciler.validate import validate
-
-ROOT_FILE = "trust/root.json"
+from reconciler.validate import Report, validate
 
 
 def open_repo(path: str) -> git.Repo:
@@ -71,13 +70,14 @@ def sigstore_check(bundle: bytes, payload: bytes, root: TrustRoot) -> tuple[str,
 
 def _refuse_invalid(
     files: RepoFiles, what: str, error: type[ValidationFailed] = ValidationFailed
-) -> None:
+) -> Report:
     report = validate(files)
     if not report.ok:
         raise error(
             [p for p in report.problems if p.severity == "error"],
             f"{what}: the fleet repository is invalid, expected `edgefleet validate` to pass",
         )
+    return report
 
 
 def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
@@ -95,14 +95,16 @@ def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
 def cmd_release(args: argparse.Namespace) -> int:
     repo = open_repo(args.repo)
     tree = GitTreeFiles(repo, "HEAD")
-    _refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
-    if tree.entry(ROOT_FILE) != "file":
-        raise UsageError(f"{ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)")
-    root = load_pinned_root(tree.read(ROOT_FILE), f"{ROOT_FILE} at HEAD")
+    report = _refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
+    if tree.entry(TRUST_ROOT_FILE) != "file":
+        raise UsageError(
+            f"{TRUST_ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)"
+        )
+    root = load_pinned_root(tree.read(TRUST_ROOT_FILE), f"{TRUST_ROOT_FILE} at HEAD")
     started = now()
     if started >= root.expires:
         raise UsageError(
-            f"{ROOT_FILE}: expired at {format_timestamp(root.expires)}; rotate it first"
+            f"{TRUST_ROOT_FILE}: expired at {format_timestamp(root.expires)}; rotate it first"
             " (`edgefleet trust rotate`)"
         )
     keys = [load_signing_key(Path(k)) for k in args.key or ()]
@@ -126,8 +128,8 @@ def cmd_release(args: argparse.Namespace) -> int:
         )
     if not keys:
         raise UsageError("--key: a release key is needed to sign the tag itself for git")
-    fleet_doc = json.loads(json.dumps(_fleet_spec(tree)))
-    waves = [w["name"] for w in fleet_doc.get("rollout", {}).get("waves", [])]
+    fleet_spec = report.repo.fleet.spec if report.repo.fleet is not None else {}
+    waves = [w["name"] for w in fleet_spec.get("rollout", {}).get("waves", [])]
     if args.wave is not None and args.wave not in waves:
         raise UsageError(
             f"--wave: got {args.wave!r}, expected one of {', '.join(waves) or '(none)'}"
@@ -182,14 +184,6 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_spec(tree: GitTreeFiles) -> dict[str, Any]:
-    from reconciler.yaml_loader import load_yaml
-
-    data = load_yaml(tree.read("fleet.yaml"), "fleet.yaml").data
-    spec: dict[str, Any] = data.get("spec", {}) if isinstance(data, dict) else {}
-    return spec
-
-
 def verify_tree(
     pinned: TrustRoot,
     tag: str,
@@ -203,7 +197,7 @@ def verify_tree(
     """Walk the root chain in the release's tree, verify the release, then every file it signs."""
 
     def fetch(version: int) -> bytes | None:
-        path = f"trust/roots/{version}.json"
+        path = root_chain_file(version)
         return files.read(path) if files.entry(path) == "file" else None
 
     checked_at = checked_at or now()
@@ -219,9 +213,12 @@ def verify_tree(
                 f" list ({len(extra)} such file(s)), expected exactly the signed files"
             )
     verified.verify_all()
-    if verified.entry(ROOT_FILE) == "file" and fetch(root.version) != verified.read(ROOT_FILE):
+    if verified.entry(TRUST_ROOT_FILE) == "file" and fetch(root.version) != verified.read(
+        TRUST_ROOT_FILE
+    ):
         raise MixAndMatchError(
-            f"{ROOT_FILE}: differs from trust/roots/{root.version}.json, expected the newest root"
+            f"{TRUST_ROOT_FILE}: differs from {root_chain_file(root.version)}, expected the newest"
+            " root"
         )
     _refuse_invalid(verified, f"release {release.version}", ReleaseInvalid)
     return root, release

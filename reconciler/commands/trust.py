@@ -15,7 +15,12 @@ from typing import Any
 
 from reconciler.atomic import write_atomic
 from reconciler.errors import UsageError
-from reconciler.fleet_repo import load_fleet_repo
+from reconciler.fleet_repo import (
+    SIGNERS_FILE,
+    TRUST_ROOT_FILE,
+    load_fleet_repo,
+    root_chain_file,
+)
 from reconciler.keyfiles import load_public_key, load_signing_key
 from reconciler.keys import PublicKey, SigningKey
 from reconciler.release_tags import allowed_signers
@@ -23,13 +28,6 @@ from reconciler.repo_files import DirectoryFiles
 from reconciler.signing import sign_envelope
 from reconciler.timestamps import expiry, format_timestamp, now
 from reconciler.trust_root import TrustRoot, load_pinned_root, next_root, parse_root
-
-ROOT_FILE = "trust/root.json"
-SIGNERS_FILE = "trust/allowed_signers"
-
-
-def chain_file(version: int) -> str:
-    return f"trust/roots/{version}.json"
 
 
 def _identities(values: Sequence[str]) -> list[dict[str, str]]:
@@ -112,8 +110,8 @@ def _publish(out: Path, envelope: dict[str, Any], root: TrustRoot) -> list[str]:
     written = [str(out)]
     repo = _repo_of(out)
     if repo is not None:
-        write_atomic(repo / chain_file(root.version), data)
-        written += [str(repo / chain_file(root.version)), str(write_signers(repo, root))]
+        write_atomic(repo / root_chain_file(root.version), data)
+        written += [str(repo / root_chain_file(root.version)), str(write_signers(repo, root))]
     return written
 
 
@@ -175,7 +173,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_rotate(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
-    current_file = repo / ROOT_FILE
+    current_file = repo / TRUST_ROOT_FILE
     try:
         current = parse_root(current_file.read_bytes(), str(current_file))
     except OSError as exc:
@@ -209,7 +207,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
 def cmd_signers(args: argparse.Namespace) -> int:
     repo = Path(args.repo)
-    root = parse_root((repo / ROOT_FILE).read_bytes(), str(repo / ROOT_FILE))
+    root = parse_root((repo / TRUST_ROOT_FILE).read_bytes(), str(repo / TRUST_ROOT_FILE))
     print(f"wrote {write_signers(repo, root)}")
     return 0
 
