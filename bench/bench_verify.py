@@ -33,6 +33,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import base64
 import cProfile
 import datetime as dt
 import hashlib
@@ -62,13 +63,15 @@ from gen_fleet import generate_fleet  # noqa: E402
 
 from reconciler.commands.release import verify_tree  # noqa: E402
 from reconciler.release import (  # noqa: E402
+    RELEASE_PAYLOAD_TYPE,
     Accepted,
     VerifiedFiles,
+    _unique_keys,
     envelope_from_message,
     verify_release,
 )
 from reconciler.repo_files import DirectoryFiles  # noqa: E402
-from reconciler.signing import canonical, valid_signers  # noqa: E402
+from reconciler.signing import pae, valid_signers  # noqa: E402
 from reconciler.timestamps import now  # noqa: E402
 from reconciler.trust_root import load_pinned_root  # noqa: E402
 
@@ -201,8 +204,8 @@ def phases(
     """The steps of (b'), each timed on its own, best of `repeat`: where the time goes."""
     root = load_pinned_root(pinned)
     envelope = envelope_from_message(message, tag)
-    payload = envelope["signed"]
-    data = canonical(payload)
+    body = base64.b64decode(envelope["payload"])
+    data = pae(RELEASE_PAYLOAD_TYPE, body)
     release = verify_release(root, envelope, tag, Accepted(), now(), None, None)
     files = DirectoryFiles(fleet)
     steps: list[tuple[str, Callable[[], object]]] = [
@@ -211,12 +214,16 @@ def phases(
             lambda: (envelope_from_message(message, tag), load_pinned_root(pinned)),
         ),
         (
-            "`verify_release` (envelope shape, canonical JSON, signatures, rules)",
+            "`verify_release` (envelope shape, base64, signatures, payload JSON and shape, rules)",
             lambda: verify_release(root, envelope, tag, Accepted(), now(), None, None),
         ),
         (
-            "↳ of which RFC 8785 canonical JSON of the payload + its SHA-256",
-            lambda: hashlib.sha256(canonical(payload)).hexdigest(),
+            "↳ of which base64 decoding of the payload + its SHA-256",
+            lambda: hashlib.sha256(base64.b64decode(envelope["payload"])).hexdigest(),
+        ),
+        (
+            "↳ of which `json.loads` of the payload, refusing repeated keys",
+            lambda: json.loads(body, object_pairs_hook=_unique_keys),
         ),
         (
             "↳ of which ed25519 `valid_signers` (2 signatures)",

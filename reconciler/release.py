@@ -8,6 +8,8 @@ the commit are checked as they are read, through `VerifiedFiles`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
@@ -27,11 +29,12 @@ from reconciler.errors import (
 from reconciler.keys import SigningKey
 from reconciler.repo_files import EntryKind, RepoFiles
 from reconciler.schema_check import load_schema, schema_errors
-from reconciler.signing import canonical, sign_envelope, valid_signers
+from reconciler.signing import canonical, pae, sign_dsse, valid_signers
 from reconciler.timestamps import format_timestamp, parse_timestamp
 from reconciler.trust_root import TrustRoot
 
 RELEASE_TYPE = "edgefleet/release"
+RELEASE_PAYLOAD_TYPE = "application/vnd.edgefleet.release+json"
 TAG_PREFIX = "release/"
 # A verifier of sigstore bundles: (bundle, payload bytes, root) -> the (issuer, subject) it found.
 SigstoreCheck = Callable[[bytes, bytes, TrustRoot], tuple[str, str]]
@@ -65,27 +68,56 @@ def build_payload(
     }
 
 
+def payload_bytes(payload: Mapping[str, Any]) -> bytes:
+    """The bytes a release signs: RFC 8785 canonical JSON, so one payload has one digest."""
+    return canonical(payload)
+
+
 def sign_release(
     payload: Mapping[str, Any],
     keys: Sequence[SigningKey],
     sigstore_bundles: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    envelope = sign_envelope(payload, keys)
+    envelope = sign_dsse(RELEASE_PAYLOAD_TYPE, payload_bytes(payload), keys)
     if sigstore_bundles:
         envelope["sigstore"] = [dict(b) for b in sigstore_bundles]
     return envelope
 
 
+def unverified_payload(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """The payload without checking a signature: for tools that show or name a release, never
+    for deciding what a node runs."""
+    value = json.loads(base64.b64decode(str(envelope["payload"])))
+    if not isinstance(value, dict):
+        raise ValueError(f"got {type(value).__name__}, expected a JSON object")
+    return value
+
+
 def tag_message(envelope: Mapping[str, Any]) -> str:
-    """The annotated tag's message: a subject line for `git log`, then the envelope as JSON."""
-    signed = envelope["signed"]
+    """The annotated tag's message: a subject line and a summary for `git log` and
+    `git show`, then the envelope as JSON. Only the envelope is trusted by a node."""
+    signed = unverified_payload(envelope)
     subject = (
         f"EdgeFleet release {signed['version']} of {signed['fleet']} ({signed['commit'][:12]})"
     )
-    return f"{subject}\n\n{json.dumps(envelope, indent=2, sort_keys=True)}\n"
+    rollout = signed["rollout"]
+    wave = (
+        "every node"
+        if rollout["wave"] is None
+        else f"wave {rollout['wave']}, baseline {rollout['baseline'] or 'none'}"
+    )
+    summary = (
+        f"Commit: {signed['commit']}\n"
+        f"Files: {len(signed['files'])}\n"
+        f"Issued: {signed['issuedAt']}\n"
+        f"Expires: {signed['expires']}\n"
+        f"Rollout: {wave}\n"
+    )
+    return f"{subject}\n\n{summary}\n{json.dumps(envelope, indent=2, sort_keys=True)}\n"
 
 
 def envelope_from_message(message: str, tag: str) -> dict[str, Any]:
+    """The envelope in a tag's message: the JSON object after the subject and summary."""
     _, _, body = message.partition("\n\n")
     start = body.find("{")
     end = body.rfind("}")
@@ -168,21 +200,35 @@ def verify_release(
     sigstore_check: SigstoreCheck | None = None,
     target: str | None = None,
 ) -> VerifiedRelease:
-    """The release, if every rule holds; else the TrustError of the first rule it breaks."""
-    problems = _envelope_problems(envelope)
+    """The release, if every rule holds; else the TrustError of the first rule it breaks.
+
+    The payload is parsed only after a threshold of signatures verified over its exact bytes.
+    """
+    problems = [message for _, message in schema_errors(envelope, "release.json")]
     if problems:
         raise SignatureError(f"tag {tag}: not a well-formed signed release ({problems[0]})")
-    payload = envelope["signed"]
-    data = canonical(payload)
-    digest = hashlib.sha256(data).hexdigest()
+    try:
+        body = base64.b64decode(envelope["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError(
+            f"tag {tag}: payload: got text that is not base64, expected the base64 of the"
+            " signed payload"
+        ) from None
     release_role = root.release
-    signers = sorted(valid_signers(data, envelope["signatures"], release_role.keyids, root.keys))
+    signers = sorted(
+        valid_signers(
+            pae(RELEASE_PAYLOAD_TYPE, body),
+            envelope["signatures"],
+            release_role.keyids,
+            root.keys,
+        )
+    )
     bundles = envelope.get("sigstore", ())
     if bundles:
         if sigstore_check is None:
             raise SignatureError(f"tag {tag}: carries sigstore bundles, but no verifier was given")
         for bundle in bundles:
-            issuer, subject = sigstore_check(json.dumps(bundle).encode(), data, root)
+            issuer, subject = sigstore_check(json.dumps(bundle).encode(), body, root)
             identity = f"sigstore:{issuer}:{subject}"
             if identity not in signers:
                 signers.append(identity)
@@ -191,6 +237,8 @@ def verify_release(
             f"tag {tag}: got {len(signers)} valid signature(s) from distinct release keys of"
             f" root version {root.version}, expected at least {release_role.threshold}"
         )
+    payload = _parse_payload(body, tag)
+    digest = hashlib.sha256(body).hexdigest()
     if payload["fleet"] != root.fleet:
         raise MixAndMatchError(
             f"tag {tag}: got a release of fleet {payload['fleet']!r}, expected {root.fleet!r}"
@@ -237,20 +285,53 @@ def verify_release(
     return VerifiedRelease(payload, digest, tuple(signers))
 
 
-def _envelope_problems(envelope: Mapping[str, Any]) -> list[str]:
-    """Schema problems of an envelope; its file map is checked with the schema's own patterns
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on which of two equal keys wins; a signed payload must mean one thing.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return value
+
+
+def _parse_payload(body: bytes, tag: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise SignatureError(
+            f"tag {tag}: the signed payload names {exc.args[0]!r} twice, expected each key once"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SignatureError(
+            f"tag {tag}: the signed payload is not UTF-8 JSON ({exc}), expected a release"
+        ) from None
+    problems = _payload_problems(payload)
+    if problems:
+        raise SignatureError(f"tag {tag}: not a well-formed signed release ({problems[0]})")
+    assert isinstance(payload, dict)
+    return payload
+
+
+def _payload_problems(payload: object) -> list[str]:
+    """Schema problems of a payload; its file map is checked with the schema's own patterns
     in one loop, because jsonschema spends most of a 10,000-file verification walking it."""
-    signed = envelope.get("signed")
-    files = signed.get("files") if isinstance(signed, dict) else None
-    if not isinstance(signed, dict) or not isinstance(files, dict):
-        return [message for _, message in schema_errors(envelope, "release.json")]
-    shell = {**envelope, "signed": {**signed, "files": {}}}
-    problems = [message for _, message in schema_errors(shell, "release.json")]
+    files = payload.get("files") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict) or not isinstance(files, dict):
+        return [message for _, message in schema_errors(payload, "release-payload.json")]
+    shell = {**payload, "files": {}}
+    problems = [message for _, message in schema_errors(shell, "release-payload.json")]
     path_ok, digest_ok = _file_patterns()
     for path, digest in files.items():
         if not (isinstance(digest, str) and path_ok(path) and digest_ok(digest)):
             problems.append(
-                f"signed.files: got {path!r}: {digest!r}, expected a safe relative"
+                f"files: got {path!r}: {digest!r}, expected a safe relative"
                 " path and a SHA-256 digest"
             )
             break

@@ -1,8 +1,15 @@
 """Signed documents: canonical bytes, signature envelopes, and counting toward a threshold.
 
-Everything EdgeFleet signs is the RFC 8785 canonical JSON of a `signed` object, carried in an
-envelope `{"signed": ..., "signatures": [{"keyid", "sig"}]}` as TUF does. A key counts once
-toward a threshold however many signatures name it, and only when it is one of the role's keys.
+Two envelopes, one per kind of document (docs/decisions.md says why):
+
+- a trust root is TUF's `{"signed": ..., "signatures": [{"keyid", "sig"}]}`, signed over the
+  RFC 8785 canonical JSON of `signed`, so that reviewers read it as JSON in a pull request;
+- a release is a DSSE envelope `{"payloadType", "payload": base64, "signatures"}`, signed over
+  DSSE's pre-authentication encoding of the exact payload bytes, so that a node checks the
+  bytes it received and parses only what verified, without re-canonicalizing 10,000 entries.
+
+A key counts once toward a threshold however many signatures name it, and only when it is
+one of the role's keys.
 """
 
 from __future__ import annotations
@@ -25,6 +32,23 @@ def sign_envelope(signed: Mapping[str, Any], keys: Sequence[SigningKey]) -> dict
     data = canonical(signed)
     return {
         "signed": dict(signed),
+        "signatures": [
+            {"keyid": key.keyid, "sig": base64.b64encode(key.sign(data)).decode()} for key in keys
+        ],
+    }
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: binds the payload type so bytes cannot change role."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(body), body)
+
+
+def sign_dsse(payload_type: str, body: bytes, keys: Sequence[SigningKey]) -> dict[str, Any]:
+    data = pae(payload_type, body)
+    return {
+        "payloadType": payload_type,
+        "payload": base64.b64encode(body).decode(),
         "signatures": [
             {"keyid": key.keyid, "sig": base64.b64encode(key.sign(data)).decode()} for key in keys
         ],

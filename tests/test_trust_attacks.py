@@ -3,6 +3,7 @@ that the node's accepted state (its state file) did not change."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,8 +24,8 @@ from reconciler.errors import (
     ValidationFailed,
 )
 from reconciler.keys import SigningKey
-from reconciler.release import sign_release
-from reconciler.signing import canonical, sign_envelope
+from reconciler.release import RELEASE_PAYLOAD_TYPE, payload_bytes, sign_release
+from reconciler.signing import sign_dsse, sign_envelope
 from reconciler.timestamps import now
 from reconciler.trust_root import load_pinned_root, parse_root, walk_roots
 from tests.sigstore_testing import SigstorePKI
@@ -157,8 +158,29 @@ def test_a_payload_signature_copied_onto_another_payload(
 ) -> None:
     good = sign_release(fleet.payload(), fleet.keys.release[:2])
     other = fleet.payload(expires=now() + timedelta(days=3650))  # a forged, longer freshness
-    fleet.tag({"signed": other, "signatures": good["signatures"]})
+    forged = {**good, "payload": base64.b64encode(payload_bytes(other)).decode()}
+    fleet.tag(forged)
     refused(node, fleet, SignatureError, "got 0 valid signature")
+
+
+def test_signatures_over_the_same_bytes_under_another_payload_type(
+    fleet: FleetRepository, node: Node
+) -> None:
+    # DSSE binds the type into what is signed: bytes signed as something else are not a release.
+    body = payload_bytes(fleet.payload())
+    other = sign_dsse("application/vnd.edgefleet.status+json", body, fleet.keys.release[:2])
+    fleet.tag({**other, "payloadType": RELEASE_PAYLOAD_TYPE})
+    refused(node, fleet, SignatureError, "got 0 valid signature")
+
+
+def test_a_signed_payload_naming_a_key_twice(fleet: FleetRepository, node: Node) -> None:
+    # Two parsers may pick different values for a repeated key; a signed payload means one thing.
+    payload = fleet.payload()
+    body = payload_bytes(payload).replace(
+        b'"expires":', b'"expires":"2099-01-01T00:00:00Z","expires":', 1
+    )
+    fleet.tag(sign_dsse(RELEASE_PAYLOAD_TYPE, body, fleet.keys.release[:2]))
+    refused(node, fleet, SignatureError, "names 'expires' twice")
 
 
 def rotate(
@@ -233,7 +255,7 @@ def test_a_clock_set_back_before_the_last_signed_time(fleet: FleetRepository, no
 @pytest.mark.parametrize(
     "mangle",
     [
-        lambda m: m.replace('"version"', '"versoin"'),
+        lambda m: m.replace('"payloadType"', '"payloadTpye"'),
         lambda m: m.split("\n\n")[0] + "\n\nnot json at all\n",
         lambda m: m[: len(m) // 2],
     ],
@@ -274,7 +296,7 @@ def sigstore_release(
     fleet: FleetRepository, pki: SigstorePKI, subject: str, issuer: str, keys: int = 1
 ) -> None:
     payload = fleet.payload()
-    bundle = json.loads(pki.make_bundle(canonical(payload), subject, issuer))
+    bundle = json.loads(pki.make_bundle(payload_bytes(payload), subject, issuer))
     fleet.tag(sign_release(payload, fleet.keys.release[:keys], [bundle]))
 
 
@@ -315,7 +337,7 @@ def test_a_corrupted_sigstore_bundle(
     fleet, pki = sigstore_fleet
     node = Node(tmp_path / "state.json", fleet.pinned_root())
     payload = fleet.payload()
-    bundle = json.loads(pki.make_bundle(canonical(payload), CI_SUBJECT, CI_ISSUER))
+    bundle = json.loads(pki.make_bundle(payload_bytes(payload), CI_SUBJECT, CI_ISSUER))
     bundle["messageSignature"]["signature"] = bundle["messageSignature"]["signature"][::-1]
     fleet.tag(sign_release(payload, fleet.keys.release[:1], [bundle]))
     refused(node, fleet, SigstoreError, "sigstore")
@@ -393,11 +415,14 @@ def test_a_signed_file_missing_from_the_tree(fleet: FleetRepository, node: Node)
     refused(node, fleet, TamperedError, "golden/extra.npy: signed by release 1 but missing")
 
 
-def test_a_version_beyond_what_canonical_json_can_carry(fleet: FleetRepository, node: Node) -> None:
+def test_a_signed_version_beyond_what_json_numbers_carry_exactly(
+    fleet: FleetRepository, node: Node
+) -> None:
+    # Above 2^53 - 1 other JSON parsers round the version; RFC 8785 cannot write it at all.
     payload = fleet.payload()
     payload["version"] = 2**55
-    envelope = {"signed": payload, "signatures": []}
-    fleet.tag(envelope, name=f"release/{2**55}")
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    fleet.tag(sign_dsse(RELEASE_PAYLOAD_TYPE, body, fleet.keys.release[:2]))
     refused(node, fleet, SignatureError, "not a well-formed signed release")
 
 

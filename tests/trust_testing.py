@@ -29,6 +29,7 @@ from reconciler.release import (
     sign_release,
     tag_message,
     tag_name,
+    unverified_payload,
 )
 from reconciler.release_tags import create_tag, release_tags
 from reconciler.signing import sign_envelope
@@ -153,7 +154,7 @@ class FleetRepository:
         commit: str | None = None,
         message: str | None = None,
     ) -> str:
-        signed = envelope["signed"]
+        signed = unverified_payload(envelope)
         name = name or tag_name(signed["version"])
         return create_tag(
             self.repo,

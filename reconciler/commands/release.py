@@ -32,14 +32,15 @@ from reconciler.release import (
     build_payload,
     envelope_from_message,
     file_digest,
+    payload_bytes,
     sign_release,
     tag_message,
     tag_name,
+    unverified_payload,
     verify_release,
 )
 from reconciler.release_tags import create_tag, principal, release_tags
 from reconciler.repo_files import RepoFiles
-from reconciler.signing import canonical
 from reconciler.timestamps import expiry, format_timestamp, now
 from reconciler.trust_root import TrustRoot, load_pinned_root, walk_roots
 from reconciler.validate import Report, validate
@@ -84,7 +85,7 @@ def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
     """The newest release that went to every node: nodes outside a new wave keep it."""
     for tag in release_tags(repo):
         try:
-            rollout = envelope_from_message(tag.message, tag.name)["signed"]["rollout"]
+            rollout = unverified_payload(envelope_from_message(tag.message, tag.name))["rollout"]
         except (KeyError, TypeError, ValueError):
             continue
         if rollout.get("wave") in (None, last_wave):
@@ -155,7 +156,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     if args.sigstore:
         from reconciler.sigstore_release import sign_with_sigstore
 
-        bundles.append(json.loads(sign_with_sigstore(canonical(payload))))
+        bundles.append(json.loads(sign_with_sigstore(payload_bytes(payload))))
     envelope = sign_release(payload, keys, bundles)
     name = tag_name(version)
     create_tag(
