@@ -61,7 +61,6 @@ from bench_validate import (  # noqa: E402
 )
 from gen_fleet import generate_fleet  # noqa: E402
 
-from reconciler.commands.release import verify_tree  # noqa: E402
 from reconciler.release import (  # noqa: E402
     RELEASE_PAYLOAD_TYPE,
     Accepted,
@@ -74,6 +73,7 @@ from reconciler.repo_files import DirectoryFiles  # noqa: E402
 from reconciler.signing import pae, valid_signers  # noqa: E402
 from reconciler.timestamps import now  # noqa: E402
 from reconciler.trust_root import load_pinned_root  # noqa: E402
+from reconciler.verify import verify_tree  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "bench:verify"

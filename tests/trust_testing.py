@@ -17,7 +17,6 @@ from typing import Any
 import git
 
 from reconciler.atomic import write_atomic
-from reconciler.commands.release import verify_tree
 from reconciler.commands.trust import build_root, write_signers
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keys import SigningKey
@@ -35,6 +34,7 @@ from reconciler.release_tags import create_tag, release_tags
 from reconciler.signing import sign_envelope
 from reconciler.timestamps import format_timestamp, now, parse_timestamp
 from reconciler.trust_root import load_pinned_root, parse_root
+from reconciler.verify import verify_tree
 from tests.conftest import base_files, write_files
 
 FLEET_NAME = "test-fleet"

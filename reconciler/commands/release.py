@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import git
 
 from reconciler.errors import (
-    MixAndMatchError,
-    ReleaseInvalid,
-    SigstoreError,
-    TamperedError,
     UsageError,
-    ValidationFailed,
 )
-from reconciler.fleet_repo import TRUST_ROOT_FILE, root_chain_file
+from reconciler.fleet_repo import TRUST_ROOT_FILE
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
 from reconciler.release import (
     Accepted,
-    VerifiedFiles,
-    VerifiedRelease,
     build_payload,
     envelope_from_message,
     file_digest,
@@ -37,13 +29,11 @@ from reconciler.release import (
     tag_message,
     tag_name,
     unverified_payload,
-    verify_release,
 )
 from reconciler.release_tags import create_tag, principal, release_tags
-from reconciler.repo_files import RepoFiles
 from reconciler.timestamps import expiry, format_timestamp, now
-from reconciler.trust_root import TrustRoot, load_pinned_root, walk_roots
-from reconciler.validate import Report, validate
+from reconciler.trust_root import load_pinned_root
+from reconciler.verify import refuse_invalid, verify_tree
 
 
 def open_repo(path: str) -> git.Repo:
@@ -53,32 +43,6 @@ def open_repo(path: str) -> git.Repo:
         raise UsageError(
             f"{path}: not a git repository, expected a fleet repository clone"
         ) from None
-
-
-def sigstore_check(bundle: bytes, payload: bytes, root: TrustRoot) -> tuple[str, str]:
-    """Adapter from the release rules to the sigstore verifier; imported only when needed."""
-    if root.sigstore_trusted_root is None:
-        raise SigstoreError(
-            "the release carries a sigstore bundle, but the trust root has no"
-            " sigstoreTrustedRoot to verify it with"
-        )
-    from reconciler.sigstore_release import verify_sigstore_bundle
-
-    return verify_sigstore_bundle(
-        bundle, payload, dict(root.sigstore_trusted_root), root.release.sigstore
-    )
-
-
-def _refuse_invalid(
-    files: RepoFiles, what: str, error: type[ValidationFailed] = ValidationFailed
-) -> Report:
-    report = validate(files)
-    if not report.ok:
-        raise error(
-            [p for p in report.problems if p.severity == "error"],
-            f"{what}: the fleet repository is invalid, expected `edgefleet validate` to pass",
-        )
-    return report
 
 
 def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
@@ -96,7 +60,7 @@ def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
 def cmd_release(args: argparse.Namespace) -> int:
     repo = open_repo(args.repo)
     tree = GitTreeFiles(repo, "HEAD")
-    report = _refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
+    report = refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
     if tree.entry(TRUST_ROOT_FILE) != "file":
         raise UsageError(
             f"{TRUST_ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)"
@@ -183,46 +147,6 @@ def cmd_release(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def verify_tree(
-    pinned: TrustRoot,
-    tag: str,
-    message: str,
-    target: str,
-    files: RepoFiles,
-    all_paths: list[str] | None,
-    accepted: Accepted,
-    checked_at: datetime | None = None,
-) -> tuple[TrustRoot, VerifiedRelease]:
-    """Walk the root chain in the release's tree, verify the release, then every file it signs."""
-
-    def fetch(version: int) -> bytes | None:
-        path = root_chain_file(version)
-        return files.read(path) if files.entry(path) == "file" else None
-
-    checked_at = checked_at or now()
-    envelope = envelope_from_message(message, tag)
-    root = walk_roots(pinned, fetch, max(checked_at, accepted.newest_signed_time or checked_at))
-    release = verify_release(root, envelope, tag, accepted, checked_at, sigstore_check, target)
-    verified = VerifiedFiles(release, files)
-    if all_paths is not None:
-        extra = sorted(set(all_paths) - set(release.files))
-        if extra:
-            raise TamperedError(
-                f"{extra[0]}: in the commit but not in release {release.version}'s signed file"
-                f" list ({len(extra)} such file(s)), expected exactly the signed files"
-            )
-    verified.verify_all()
-    if verified.entry(TRUST_ROOT_FILE) == "file" and fetch(root.version) != verified.read(
-        TRUST_ROOT_FILE
-    ):
-        raise MixAndMatchError(
-            f"{TRUST_ROOT_FILE}: differs from {root_chain_file(root.version)}, expected the newest"
-            " root"
-        )
-    _refuse_invalid(verified, f"release {release.version}", ReleaseInvalid)
-    return root, release
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
