@@ -162,3 +162,29 @@ def walk_roots(
             " (`edgefleet trust rotate` renews it)"
         )
     return current
+
+
+def advance_root(
+    trusted: TrustRoot,
+    candidates: Callable[[int], list[bytes]],
+    max_rotations: int = MAX_ROTATIONS,
+) -> tuple[TrustRoot, bytes | None]:
+    """The newest root reachable from `trusted` through any of the offered files.
+
+    A node gathers root files from every release it fetched, not only from the one it is about
+    to apply, so that a key revoked by a newer root is refused even in a release whose own
+    commit still carries the older root. An offered file that does not chain is skipped:
+    anyone can put bytes in a tag, only the chain's signatures make them a root. Returns the
+    root and its bytes (None when no rotation was found).
+    """
+    current, data = trusted, None
+    for _ in range(max_rotations):
+        for offered in candidates(current.version + 1):
+            try:
+                current, data = next_root(current, offered), offered
+                break
+            except (RootChainError, SignatureError, MixAndMatchError):
+                continue
+        else:
+            return current, data
+    return current, data

@@ -1,0 +1,657 @@
+"""One cycle of the node agent: fetch, decide, stage, switch, check, commit or roll back.
+
+The decisions are the core's (`reconciler.verify`, `reconciler.render`, `reconciler.node_plan`);
+this module is the shell that fetches, writes banks and the journal, and runs hooks and checks.
+The journal is written before every step that a power cut could interrupt, so that `recover`
+always knows whether to discard a half-staged bank, re-run a trial, or finish a rollback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from node_agent.banks import ComponentBanks
+from node_agent.config import AgentConfig, ConfigError
+from node_agent.download import Fetcher
+from node_agent.errors import ApplyFailed, ArtifactUnavailable, OriginUnreachable, UnsafeArchive
+from node_agent.health import CheckContext, CheckResult, run_checks, run_command
+from node_agent.journal import (
+    BankRecord,
+    ComponentRecord,
+    Journal,
+    JournalFile,
+    Step,
+    Transaction,
+)
+from node_agent.metrics import render as render_metrics
+from node_agent.metrics import write as write_metrics
+from node_agent.transport import Transport, fingerprint
+
+from reconciler import __version__
+from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, TrustError
+from reconciler.fleet_repo import FleetRepo, root_chain_file
+from reconciler.git_tree import GitTreeFiles
+from reconciler.node_plan import Desired, desired_components, plan
+from reconciler.release import VerifiedFiles, VerifiedRelease
+from reconciler.release_tags import ReleaseTag, release_tags
+from reconciler.render import render_node
+from reconciler.timestamps import format_timestamp, now
+from reconciler.trust_root import TrustRoot, advance_root, load_pinned_root
+from reconciler.verify import verify_for_node
+
+# Trial starts a release may have before a restart gives up on it and rolls back: enough for
+# a power cut or two during a slow health check, not enough to loop on a crashing one.
+MAX_TRIAL_ATTEMPTS = 3
+HOOK_TIMEOUT_S = 300.0
+FINAL_STATES = ("converged", "rolled-back", "rejected")
+
+
+class AgentBusy(EdgeFleetError):
+    """Another agent process holds this state directory."""
+
+    exit_code = 75
+
+
+@dataclass(frozen=True)
+class Candidate:
+    tag: ReleaseTag
+    root: TrustRoot
+    root_bytes: bytes | None
+    release: VerifiedRelease
+    files: VerifiedFiles
+    repo: FleetRepo
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    journal: Journal
+    checks: list[tuple[str, CheckResult]] = field(default_factory=list)
+
+
+def _error(release: int | None, exc: BaseException, at: datetime) -> dict[str, Any]:
+    entry: dict[str, Any] = {"release": release, "reason": str(exc), "at": format_timestamp(at)}
+    rule = getattr(exc, "rule", None)
+    if rule:
+        entry["rule"] = rule
+    return entry
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        log: Any,
+        clock: Callable[[], datetime] = now,
+    ) -> None:
+        self.config = config
+        self.log = log
+        self.clock = clock
+        state = config.state_dir
+        self.journal_file = JournalFile(state / "state.json")
+        self.transport = Transport(state / "repo", config.repo, log=self._event)
+        self.components_dir = state / "components"
+        self.metrics_path = state / "metrics.prom"
+        self.checks: list[tuple[str, CheckResult]] = []
+        self.fetched_bytes = 0
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self.log.info(event, **fields)
+
+    # --- the cycle ---------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One agent per state directory: a `once` run by hand never races the service."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.config.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AgentBusy(
+                    f"{self.config.state_dir}: another edgefleet-agent is working on this state"
+                    " directory, expected it free; try again when it is done"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    def once(self) -> Outcome:
+        with self.locked():
+            journal = self.journal_file.load(self.config.node)
+            self.checks = []
+            self.fetched_bytes = 0
+            code = self._cycle(journal)
+            self._write_metrics(journal, code)
+            return Outcome(code, journal, self.checks)
+
+    def _cycle(self, journal: Journal) -> int:
+        recovered = self.recover(journal)
+        if recovered is not None:
+            return recovered
+        try:
+            self.transport.sync()
+        except OriginUnreachable as exc:
+            self.log.warning("fetch.unreachable", origin=self.config.repo, reason=str(exc))
+            journal.state = "offline"
+            journal.last_error = _error(None, exc, self.clock())
+            self.journal_file.save(journal)
+            return exc.exit_code
+        journal.last_sync = format_timestamp(self.clock())
+        seen = fingerprint(self.transport.local_tags())
+        if (
+            seen == journal.evaluated
+            and journal.state in FINAL_STATES
+            and journal.transaction is None
+        ):
+            return 3 if journal.state == "rejected" else 0
+        return self._decide_and_apply(journal, seen)
+
+    def _decide_and_apply(self, journal: Journal, seen: str) -> int:
+        candidate, refusal = self.decide(journal)
+        if refusal is not None:
+            journal.count("rejections")
+        if candidate is None:
+            journal.evaluated = seen
+            if refusal is not None:
+                journal.state = "rejected"
+                journal.last_error = refusal
+            elif journal.state not in ("rolled-back",):
+                journal.state = "converged"
+            self.journal_file.save(journal)
+            self.log.info("cycle.nothing_to_apply", release=journal.release, state=journal.state)
+            return 3 if refusal is not None else 0
+        try:
+            self.apply(journal, candidate)
+        except ArtifactUnavailable as exc:
+            journal.state = "deferred"
+            journal.last_error = _error(candidate.release.version, exc, self.clock())
+            self.journal_file.save(journal)
+            self.log.warning("apply.deferred", release=candidate.release.version, reason=str(exc))
+            return exc.exit_code
+        except ApplyFailed as exc:
+            journal.evaluated = seen
+            self.journal_file.save(journal)
+            return exc.exit_code
+        except (UnsafeArchive, RenderError) as exc:
+            self._refuse(journal, candidate.release, exc)
+            journal.evaluated = seen
+            self.journal_file.save(journal)
+            return 3
+        journal.evaluated = seen
+        if refusal is not None:
+            journal.state = "rejected"
+            journal.last_error = refusal
+        self.journal_file.save(journal)
+        return 3 if refusal is not None else 0
+
+    # --- deciding ------------------------------------------------------------------------
+
+    def pinned_root(self, journal: Journal) -> TrustRoot:
+        if journal.trusted_root is not None:
+            return load_pinned_root(journal.trusted_root, "the journal's trusted root")
+        path = self.config.trust_root
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the trust root ({exc.strerror})") from None
+        return load_pinned_root(data, str(path))
+
+    def decide(self, journal: Journal) -> tuple[Candidate | None, dict[str, Any] | None]:
+        """The newest release above the floor that verifies, and the refusal of a newer one."""
+        repo = self.transport.repo
+        floor = journal.accepted_version or 0
+        tags = [t for t in release_tags(repo) if t.version > floor]
+        checked_at = self.clock()
+        refusal: dict[str, Any] | None = None
+        try:
+            root, root_bytes = advance_root(
+                self.pinned_root(journal), lambda v: self._offered_roots(tags, v)
+            )
+        except TrustError as exc:
+            return None, _error(tags[0].version if tags else None, exc, checked_at)
+        for tag in tags:
+            if journal.is_failed(tag.version):
+                self.log.info("decide.skip_failed", release=tag.version)
+                continue
+            try:
+                tree, (walked, release, files, fleet) = self._verify(journal, root, tag, checked_at)
+            except (TrustError, ReleaseInvalid) as exc:
+                self.log.warning(
+                    "verify.refused",
+                    release=tag.version,
+                    rule=getattr(exc, "rule", "validation"),
+                    reason=str(exc),
+                )
+                if refusal is None:
+                    refusal = _error(tag.version, exc, checked_at)
+                continue
+            if walked.version != root.version:
+                root_bytes = tree.read(root_chain_file(walked.version))
+            journal.see_signed_time(release.payload["issuedAt"])
+            self.log.info(
+                "verify.accepted",
+                release=release.version,
+                commit=release.commit,
+                signers=len(release.signers),
+                root=walked.version,
+            )
+            return Candidate(tag, walked, root_bytes, release, files, fleet), refusal
+        if root_bytes is not None:
+            # A newer root reached through the chain is trusted even with nothing to apply.
+            journal.trusted_root = root_bytes
+        return None, refusal
+
+    def _verify(
+        self, journal: Journal, root: TrustRoot, tag: ReleaseTag, checked_at: datetime
+    ) -> tuple[GitTreeFiles, tuple[TrustRoot, VerifiedRelease, VerifiedFiles, FleetRepo]]:
+        tree = GitTreeFiles(self.transport.repo, tag.target)
+        return tree, verify_for_node(
+            root,
+            tag.name,
+            tag.message,
+            tag.target,
+            tree,
+            tree.paths(),
+            journal.accepted,
+            self.config.node,
+            checked_at,
+        )
+
+    def _offered_roots(self, tags: list[ReleaseTag], version: int) -> list[bytes]:
+        path = root_chain_file(version)
+        found: list[bytes] = []
+        for tag in tags:
+            try:
+                blob = self.transport.repo.commit(tag.target).tree / path
+            except (KeyError, ValueError):
+                continue
+            data: bytes = blob.data_stream.read()
+            if data not in found:
+                found.append(data)
+        return found
+
+    # --- applying ------------------------------------------------------------------------
+
+    def banks(self, name: str) -> ComponentBanks:
+        return ComponentBanks(self.components_dir, name)
+
+    def fetcher(self, candidate: Candidate) -> Fetcher:
+        fleet = candidate.repo.fleet
+        fleet_sources = fleet.spec.get("artifactSources", []) if fleet is not None else []
+        return Fetcher(
+            self.config.state_dir / "cache",
+            [*self.config.artifact_sources, *fleet_sources],
+            backoff_file=self.config.state_dir / "sources.json",
+            log=self._event,
+        )
+
+    def apply(self, journal: Journal, candidate: Candidate) -> None:
+        release = candidate.release
+        rendered = render_node(candidate.repo, self.config.node)
+        desired = desired_components(rendered)
+        installed = {
+            name: found
+            for name, rec in journal.components.items()
+            if (found := rec.installed()) is not None
+        }
+        changes = plan(desired, installed)
+        steps: dict[str, Step] = {}
+        for change in changes:
+            rec = journal.components.get(change.name)
+            current = rec.current if rec else None
+            spec = change.desired.as_json() if change.desired else {}
+            if change.action == "keep":
+                steps[change.name] = Step("keep", current, current, spec)
+            elif change.action == "remove":
+                steps[change.name] = Step("remove", current, None, spec)
+            else:
+                steps[change.name] = Step(
+                    change.action, current, self.banks(change.name).inactive(), spec
+                )
+        self.log.info(
+            "plan",
+            release=release.version,
+            **{a: sorted(n for n, s in steps.items() if s.action == a) for a in _ACTIONS},
+        )
+        journal.transaction = Transaction(
+            release=release.version,
+            commit=release.commit,
+            digest=release.digest,
+            phase="staging",
+            steps=steps,
+            started=format_timestamp(self.clock()),
+        )
+        if candidate.root_bytes is not None:
+            journal.trusted_root = candidate.root_bytes
+        moving = {n: s for n, s in steps.items() if s.action in ("add", "change")}
+        for name, step in moving.items():
+            # Forget the bank before overwriting it: a power cut mid-write must never leave
+            # the journal calling a half-written bank complete.
+            journal.components.setdefault(name, ComponentRecord()).banks.pop(str(step.target), None)
+        journal.state = "applying"
+        journal.transfer = {"bytes": 0, "fullBytes": 0}
+        self.journal_file.save(journal)
+        if moving:
+            fetcher = self.fetcher(candidate)
+            try:
+                for name, step in moving.items():
+                    self._stage(journal, fetcher, desired[name], step)
+            except (ArtifactUnavailable, UnsafeArchive):
+                self._discard_staging(journal)
+                raise
+        journal.transaction.phase = "trial"
+        journal.transaction.attempts = 1
+        self.journal_file.save(journal)
+        self.trial(journal, candidate.files.read)
+
+    def _stage(self, journal: Journal, fetcher: Fetcher, want: Desired, step: Step) -> None:
+        assert step.target is not None
+        started = time.monotonic()
+        fetched = fetcher.fetch(want.url, want.sha256, want.size)
+        banks = self.banks(want.name)
+        banks.clear(step.target)
+        if want.unpack == "tar":
+            banks.stage_tar(step.target, fetched.path)
+        else:
+            banks.stage_file(step.target, fetched.path, want.file)
+        digest = banks.digest(step.target, want.unpack, want.file)
+        if want.unpack != "tar" and digest != want.sha256:
+            raise ArtifactUnavailable(
+                f"{want.name}: the staged bank {step.target} has SHA-256 {digest[:16]}...,"
+                f" expected {want.sha256[:16]}...; the disk may be failing"
+            )
+        journal.components[want.name].banks[step.target] = BankRecord(
+            want.artifact, want.sha256, want.file, want.unpack, digest
+        )
+        journal.transfer["bytes"] += fetched.bytes_transferred
+        journal.transfer["fullBytes"] += want.size
+        journal.count("downloadedBytes", fetched.bytes_transferred)
+        self.fetched_bytes += fetched.bytes_transferred
+        self.journal_file.save(journal)
+        self.log.info(
+            "stage.done",
+            release=journal.transaction.release if journal.transaction else None,
+            component=want.name,
+            artifact=want.artifact,
+            bank=step.target,
+            bytes=fetched.bytes_transferred,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    def _discard_staging(self, journal: Journal) -> None:
+        txn = journal.transaction
+        assert txn is not None
+        for name, step in txn.steps.items():
+            if step.action in ("add", "change") and step.target is not None:
+                banks = self.banks(name)
+                rec = journal.components.get(name)
+                if rec is not None:
+                    rec.banks.pop(step.target, None)
+                if banks.current() != step.target:
+                    banks.clear(step.target)
+        journal.transaction = None
+        self.journal_file.save(journal)
+
+    def trial(self, journal: Journal, read_repo_file: Callable[[str], bytes]) -> None:
+        """Switch every changed component, run its hooks and checks; commit or roll back."""
+        txn = journal.transaction
+        assert txn is not None and txn.phase == "trial"
+        for name, step in txn.steps.items():
+            if step.action in ("add", "change"):
+                assert step.target is not None
+                self.banks(name).switch(step.target)
+            elif step.action == "remove":
+                self.banks(name).remove_current()
+        self.log.info(
+            "switch.done", release=txn.release, attempt=txn.attempts, components=sorted(txn.steps)
+        )
+        for name, step in txn.steps.items():
+            if step.action not in ("add", "change"):
+                continue
+            assert step.target is not None
+            ctx = self._context(name, step.target, step.spec, read_repo_file, txn.release)
+            activate = (step.spec.get("hooks") or {}).get("activate")
+            results: list[CheckResult] = []
+            if activate:
+                results.append(run_command(activate, HOOK_TIMEOUT_S, ctx, kind="hook"))
+            if all(r.ok for r in results):
+                results.extend(run_checks(step.spec.get("health", []), ctx))
+            self.checks.extend((name, r) for r in results)
+            for result in results:
+                self.log.info(
+                    "health.check",
+                    release=txn.release,
+                    component=name,
+                    kind=result.kind,
+                    check=result.name,
+                    ok=result.ok,
+                    seconds=round(result.seconds, 3),
+                    detail=result.detail,
+                )
+            failed = next((r for r in results if not r.ok), None)
+            if failed is not None:
+                journal.components[name].health = "failed"
+                self.rollback(journal, f"{name}: {failed.name}: {failed.detail}")
+        self.commit(journal)
+
+    def _context(
+        self,
+        name: str,
+        bank: str,
+        spec: dict[str, Any],
+        read_repo_file: Callable[[str], bytes],
+        release: int,
+    ) -> CheckContext:
+        banks = self.banks(name)
+        return CheckContext(
+            component=name,
+            bank_dir=banks.path(bank),  # type: ignore[arg-type]
+            artifact_file=spec.get("file", ""),
+            read_repo_file=read_repo_file,
+            env={
+                "EDGEFLEET_NODE": self.config.node,
+                "EDGEFLEET_RELEASE": str(release),
+                "EDGEFLEET_ARTIFACT": spec.get("artifact", ""),
+            },
+        )
+
+    def commit(self, journal: Journal) -> None:
+        txn = journal.transaction
+        assert txn is not None
+        removed: list[str] = []
+        for name, step in txn.steps.items():
+            if step.action == "remove":
+                journal.components.pop(name, None)
+                removed.append(name)
+                continue
+            rec = journal.components.setdefault(name, ComponentRecord())
+            rec.current = step.target
+            rec.spec = step.spec
+            if step.action != "keep":
+                rec.health = "ok"
+        journal.release = txn.release
+        journal.commit = txn.commit
+        journal.accepted_version = txn.release
+        journal.accepted_digest = txn.digest
+        journal.transaction = None
+        journal.state = "converged"
+        journal.last_error = None
+        journal.count("applies")
+        self.journal_file.save(journal)
+        for name in removed:
+            self.banks(name).discard()
+        self.log.info("commit.done", release=txn.release, commit=txn.commit)
+
+    def rollback(self, journal: Journal, reason: str) -> None:
+        """Switch every component of the transaction back, re-run hooks, mark it failed."""
+        txn = journal.transaction
+        assert txn is not None
+        if txn.phase != "rolling-back":
+            txn.phase = "rolling-back"
+            txn.reason = reason
+            self.journal_file.save(journal)
+        reason = txn.reason or reason
+        self.log.warning("rollback.start", release=txn.release, reason=reason)
+        for name, step in txn.steps.items():
+            if step.action == "keep":
+                continue
+            banks = self.banks(name)
+            if step.previous is not None:
+                banks.switch(step.previous)
+            elif banks.current() is not None:
+                banks.remove_current()
+        for name, step in txn.steps.items():
+            if step.action == "keep" or step.previous is None:
+                continue
+            rec = journal.components.get(name)
+            old_spec = rec.spec if rec is not None else {}
+            new_hooks = step.spec.get("hooks") or {}
+            for argv in (new_hooks.get("rollback"), (old_spec.get("hooks") or {}).get("activate")):
+                if argv:
+                    ctx = self._context(name, step.previous, old_spec, _no_repo_file, txn.release)
+                    result = run_command(argv, HOOK_TIMEOUT_S, ctx, kind="hook")
+                    self.log.info(
+                        "rollback.hook",
+                        release=txn.release,
+                        component=name,
+                        check=result.name,
+                        ok=result.ok,
+                        detail=result.detail,
+                    )
+        at = self.clock()
+        journal.failed[str(txn.release)] = {
+            "digest": txn.digest,
+            "reason": reason,
+            "at": format_timestamp(at),
+        }
+        journal.transaction = None
+        journal.state = "rolled-back"
+        journal.last_error = {"release": txn.release, "reason": reason, "at": format_timestamp(at)}
+        journal.count("rollbacks")
+        self.journal_file.save(journal)
+        self.log.warning("rollback.done", release=txn.release, reason=reason)
+        raise ApplyFailed(
+            f"release {txn.release} failed on this node and was rolled back: {reason}"
+        )
+
+    def _refuse(self, journal: Journal, release: VerifiedRelease, exc: BaseException) -> None:
+        at = self.clock()
+        journal.failed[str(release.version)] = {
+            "digest": release.digest,
+            "reason": str(exc),
+            "at": format_timestamp(at),
+        }
+        journal.state = "rejected"
+        journal.last_error = _error(release.version, exc, at)
+        journal.count("rejections")
+        self.log.warning("apply.refused", release=release.version, reason=str(exc))
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def recover(self, journal: Journal) -> int | None:
+        """Finish or undo what a crash interrupted; an exit code when that decided the cycle."""
+        self._sweep(journal)
+        txn = journal.transaction
+        if txn is None:
+            return None
+        self.log.warning(
+            "recover.start", release=txn.release, phase=txn.phase, attempts=txn.attempts
+        )
+        if txn.phase == "staging":
+            self._discard_staging(journal)
+            self.log.info("recover.discarded", release=txn.release)
+            return None
+        try:
+            if txn.phase == "rolling-back":
+                self.rollback(journal, txn.reason or "interrupted while rolling back")
+            if txn.attempts >= MAX_TRIAL_ATTEMPTS:
+                self.rollback(
+                    journal,
+                    f"its trial was interrupted {txn.attempts} times (a crash or power cut"
+                    " during hooks or health checks), expected it to finish",
+                )
+            read = self._recovered_files(journal, txn)
+            if read is None:
+                return 1
+            txn.attempts += 1
+            self.journal_file.save(journal)
+            self.trial(journal, read)
+        except ApplyFailed as exc:
+            return exc.exit_code
+        return None
+
+    def _recovered_files(self, journal: Journal, txn: Transaction) -> Callable[[str], bytes] | None:
+        """The release's files, verified again: a trial re-run reads its golden data anew."""
+        repo = self.transport.repo
+        tag = next((t for t in release_tags(repo) if t.version == txn.release), None)
+        try:
+            if tag is None:
+                raise ReleaseInvalid(
+                    [], f"release {txn.release}: its tag is gone from {repo.git_dir}"
+                )
+            _, (_, _, files, _) = self._verify(
+                journal, self.pinned_root(journal), tag, self.clock()
+            )
+        except (TrustError, ReleaseInvalid) as exc:
+            try:
+                self.rollback(journal, f"cannot re-verify it after a restart: {exc}")
+            except ApplyFailed:
+                return None
+        return files.read
+
+    def _sweep(self, journal: Journal) -> None:
+        """Component folders the journal no longer names (a removal cut short) are deleted."""
+        if not self.components_dir.is_dir() or journal.transaction is not None:
+            return
+        for entry in self.components_dir.iterdir():
+            if entry.is_dir() and entry.name not in journal.components:
+                shutil.rmtree(entry)
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def _write_metrics(self, journal: Journal, code: int) -> None:
+        wall = time.time()
+        values: dict[str, float] = {
+            "last_cycle_timestamp_seconds": wall,
+            "last_cycle_exit_code": code,
+            "applied_release": journal.release or 0,
+            "downloaded_bytes_total": journal.counters.get("downloadedBytes", 0),
+            "applies_total": journal.counters.get("applies", 0),
+            "rollbacks_total": journal.counters.get("rollbacks", 0),
+            "rejections_total": journal.counters.get("rejections", 0),
+        }
+        if journal.last_sync is not None:
+            from reconciler.timestamps import parse_timestamp
+
+            values["last_sync_timestamp_seconds"] = parse_timestamp(journal.last_sync).timestamp()
+        labelled: list[tuple[str, dict[str, str], float]] = [
+            ("state", {"state": s}, 1.0 if journal.state == s else 0.0) for s in _STATES
+        ]
+        labelled.extend(
+            ("health_check_duration_seconds", {"component": name, "check": r.name}, r.seconds)
+            for name, r in self.checks
+            if r.kind != "hook"
+        )
+        write_metrics(self.metrics_path, render_metrics(values, labelled))
+
+
+_ACTIONS = ("add", "change", "remove", "keep")
+_STATES = ("converged", "applying", "rolled-back", "rejected", "deferred", "offline", "new")
+
+
+def _no_repo_file(path: str) -> bytes:
+    raise FileNotFoundError(f"{path}: the release's files are not read while rolling back")
+
+
+def agent_version() -> str:
+    return __version__

@@ -1,0 +1,169 @@
+"""The node's copy of the fleet repository: release tags fetched from any git URL, nothing else.
+
+A cycle first asks the origin for its release tags (`git ls-remote`, one round trip) and
+fetches only when they differ from the local ones, so that a node with nothing to do costs
+the origin about what `git ls-remote` costs. A fetch takes only `refs/tags/release/*` at depth
+one: the signed commits, not the history behind them or any branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import git
+from node_agent.errors import OriginUnreachable
+
+RELEASE_REFS = "refs/tags/release/*"
+_RELEASE_REF = re.compile(r"^refs/tags/release/[1-9][0-9]{0,17}$")
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    # A whole fetch, end to end: a node on a slow link still finishes, a hung origin does not
+    # hold the agent forever.
+    fetch_timeout_s: float = 300.0
+    ls_remote_timeout_s: float = 60.0
+    # Below this many bytes per second for `low_speed_time_s`, git's HTTP transport gives up.
+    low_speed_limit: int = 1000
+    low_speed_time_s: int = 30
+    ssh_connect_timeout_s: int = 15
+
+
+def _git_env(limits: TransportLimits) -> dict[str, str]:
+    env = {
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_HTTP_LOW_SPEED_LIMIT": str(limits.low_speed_limit),
+        "GIT_HTTP_LOW_SPEED_TIME": str(limits.low_speed_time_s),
+        # An agent has no one to answer a prompt: fail instead of waiting for one.
+        "GIT_ASKPASS": "true",
+        "SSH_ASKPASS": "true",
+    }
+    if "GIT_SSH_COMMAND" not in os.environ:
+        env["GIT_SSH_COMMAND"] = (
+            f"ssh -o BatchMode=yes -o ConnectTimeout={limits.ssh_connect_timeout_s}"
+            " -o ServerAliveInterval=15 -o ServerAliveCountMax=4"
+        )
+    return env
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, git.GitCommandError):
+        lines = [ln.strip() for ln in str(exc.stderr or "").splitlines() if ln.strip()]
+        useful = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
+        text = useful[-1] if useful else f"git exited with {exc.status}"
+        return text.removeprefix("stderr: ").strip("'")
+    return str(exc) or type(exc).__name__
+
+
+class Transport:
+    """Fetches release tags from `url` into the bare repository `repo_dir`."""
+
+    def __init__(
+        self,
+        repo_dir: Path,
+        url: str,
+        limits: TransportLimits | None = None,
+        log: Callable[..., Any] | None = None,
+    ) -> None:
+        self.repo_dir = repo_dir
+        self.url = url
+        self.limits = limits or TransportLimits()
+        self.env = _git_env(self.limits)
+        self.log = log or (lambda event, **fields: None)
+        self._repo: git.Repo | None = None
+
+    @property
+    def repo(self) -> git.Repo:
+        if self._repo is None:
+            if (self.repo_dir / "HEAD").is_file():
+                self._repo = git.Repo(self.repo_dir)
+            else:
+                self.repo_dir.mkdir(parents=True, exist_ok=True)
+                self._repo = git.Repo.init(self.repo_dir, bare=True)
+        return self._repo
+
+    def _git(self, *args: str, timeout: float) -> str:
+        out: str = self.repo.git.execute(
+            ["git", *args],
+            env=self.env,
+            kill_after_timeout=timeout,
+            with_extended_output=False,
+        )
+        return out
+
+    def remote_tags(self) -> dict[str, str]:
+        """The origin's release tags, name -> object id (one round trip)."""
+        try:
+            out = self._git(
+                "ls-remote",
+                "--refs",
+                self.url,
+                RELEASE_REFS,
+                timeout=self.limits.ls_remote_timeout_s,
+            )
+        except (git.GitCommandError, OSError) as exc:
+            raise OriginUnreachable(
+                f"{self.url}: got no answer from the origin ({_reason(exc)}), expected its"
+                " release tags; the node keeps running what it runs"
+            ) from None
+        return _parse_refs(out)
+
+    def local_tags(self) -> dict[str, str]:
+        refs: dict[str, str] = {}
+        for ref in self.repo.tags:
+            name = f"refs/tags/{ref.name}"
+            if _RELEASE_REF.match(name):
+                refs[name] = ref.object.hexsha
+        return refs
+
+    def sync(self) -> bool:
+        """Bring the local release tags level with the origin's; True when something changed."""
+        remote = self.remote_tags()
+        local = self.local_tags()
+        if remote == local:
+            return False
+        try:
+            self._git(
+                "fetch",
+                "--depth=1",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--prune",
+                self.url,
+                f"+{RELEASE_REFS}:{RELEASE_REFS}",
+                timeout=self.limits.fetch_timeout_s,
+            )
+        except (git.GitCommandError, OSError) as exc:
+            raise OriginUnreachable(
+                f"{self.url}: fetching release tags failed ({_reason(exc)}); the node keeps"
+                " running what it runs"
+            ) from None
+        after = self.local_tags()
+        self.log(
+            "fetch.done",
+            origin=self.url,
+            new=sorted(set(after) - set(local)),
+            changed=sorted(n for n in after if n in local and local[n] != after[n]),
+        )
+        return True
+
+
+def _parse_refs(out: str) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for line in out.splitlines():
+        sha, _, name = line.partition("\t")
+        if _RELEASE_REF.match(name):
+            refs[name] = sha
+    return refs
+
+
+def fingerprint(tags: Mapping[str, str]) -> str:
+    """One string for a set of tags: what a node last evaluated, to skip re-deciding."""
+    text = "".join(f"{name} {sha}\n" for name, sha in sorted(tags.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
