@@ -31,14 +31,19 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
+def _number(value: float) -> str:
+    # Unix times need ten digits before the point; `g` would round them to the minute.
+    return str(int(value)) if float(value).is_integer() else format(value, ".15g")
+
+
 def _line(name: str, value: float, labels: Mapping[str, str] | None = None) -> str:
     if labels:
         inner = ",".join(
             f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
             for k, v in sorted(labels.items())
         )
-        return f"{PREFIX}_{name}{{{inner}}} {value:g}"
-    return f"{PREFIX}_{name} {value:g}"
+        return f"{PREFIX}_{name}{{{inner}}} {_number(value)}"
+    return f"{PREFIX}_{name} {_number(value)}"
 
 
 def render(

@@ -1,0 +1,399 @@
+"""`edgefleet demo`: the whole story on this machine, with no server to set up.
+
+It makes keys and a trust root, releases the example fleet from a bare repository on disk,
+runs the real agent for three nodes (in this process, each with its own state directory and
+log), then releases a model that fails its ONNX check, shows every affected node roll back
+and not retry it, releases a fixed model and shows every node converged. Everything it makes
+stays in `--dir` for inspection with `edgefleet-agent status` and `git log`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import git
+import yaml
+
+from reconciler.commands.release import cmd_release
+from reconciler.commands.trust import build_root, write_signers
+from reconciler.errors import UsageError
+from reconciler.keyfiles import write_key_pair
+from reconciler.keys import SigningKey
+from reconciler.signing import sign_envelope
+from reconciler.timestamps import format_timestamp, now
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "fleet-repo-example"
+NODES = {
+    "store-0042": "a canary store",
+    "store-0101": "a store in Munich",
+    "wh-venlo-01": "a warehouse in Venlo",
+}
+MODEL = "anomaly-model"
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _load_builder() -> ModuleType:
+    """The example fleet's own artifact builder (`make-artifacts.py`), loaded as a module."""
+    script = EXAMPLE / "make-artifacts.py"
+    if not script.is_file():
+        raise UsageError(
+            f"{EXAMPLE}: got no example fleet, expected a source checkout of EdgeFleet"
+            " (the demo releases fleet-repo-example/)"
+        )
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "the demo builds ONNX models with the onnx package, which is not installed;"
+            " expected `pip install -e '.[demo]'`"
+        ) from None
+    spec = importlib.util.spec_from_file_location("edgefleet_example_artifacts", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _variant_model(builder: ModuleType, version: str, broken: bool) -> bytes:
+    """anomaly-model 1.3.0 re-exported as `version`; `broken` scales its output layer, as a
+    bad export would, so that its scores drift far from the golden ones."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(builder.build_model("1.3.0"))
+    if broken:
+        last = max(
+            (t for t in model.graph.initializer if t.name.endswith(".weight")),
+            key=lambda t: t.name,
+        )
+        weights = numpy_helper.to_array(last) * np.float32(1.8)
+        last.CopyFrom(numpy_helper.from_array(weights.astype(np.float32), name=last.name))
+    del model.metadata_props[:]
+    helper.set_model_props(model, {"name": MODEL, "version": version})
+    model.doc_string = f"EdgeFleet example {MODEL} {version}"
+    return bytes(model.SerializeToString())
+
+
+def _localize(fleet: Path, artifacts: Path) -> None:
+    """Make the example runnable here: hooks write to a log instead of calling systemctl,
+    exec checks that name programs of a real store are replaced by the bank's own self-test,
+    and artifacts come from a folder on this machine."""
+
+    def component(spec: dict[str, Any]) -> None:
+        hooks = spec.get("hooks")
+        if hooks:
+            for phase in list(hooks):
+                hooks[phase] = [
+                    "sh",
+                    "-c",
+                    f'echo "$(date -u +%FT%TZ) {phase} $EDGEFLEET_ARTIFACT" >> ../hooks.log',
+                ]
+        health = []
+        for check in spec.get("health") or []:
+            argv = check.get("exec", {}).get("argv")
+            if argv is None:
+                health.append(check)
+            elif argv[0].endswith("/bin/pos-app"):
+                health.append({"exec": {**check["exec"], "argv": ["sh", "bin/pos-app", *argv[1:]]}})
+        if "health" in spec:
+            spec["health"] = health
+
+    for path in [fleet / "fleet.yaml", *sorted((fleet / "groups").glob("*.yaml"))]:
+        doc = yaml.safe_load(path.read_text())
+        if doc["kind"] == "Fleet":
+            doc["spec"]["artifactSources"] = [artifacts.as_uri() + "/"]
+        for spec in (doc["spec"].get("components") or {}).values():
+            if spec:
+                component(spec)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+class Demo:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.fleet = base / "fleet"
+        self.origin = base / "origin.git"
+        self.artifacts = base / "artifacts"
+        self.keys_dir = base / "keys"
+        self.started = time.monotonic()
+
+    def step(self, text: str) -> None:
+        _say(f"[{time.monotonic() - self.started:5.1f}s] {text}")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(self.fleet), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    def commit(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git(
+            "-c",
+            "user.name=EdgeFleet demo operator",
+            "-c",
+            "user.email=operator@demo.invalid",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        )
+
+    def store(self, data: bytes) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(data).hexdigest()
+        (self.artifacts / "sha256").mkdir(parents=True, exist_ok=True)
+        (self.artifacts / "sha256" / digest).write_bytes(data)
+        return digest
+
+    def add_model(self, version: str, data: bytes, description: str) -> None:
+        digest = self.store(data)
+        catalog_path = self.fleet / "artifacts.yaml"
+        catalog = yaml.safe_load(catalog_path.read_text())
+        catalog["spec"]["artifacts"][f"{MODEL}@{version}"] = {
+            "file": "anomaly-model.onnx",
+            "sha256": digest,
+            "size": len(data),
+            "url": f"sha256/{digest}",
+            "unpack": "none",
+            "description": description,
+        }
+        catalog_path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+        fleet_path = self.fleet / "fleet.yaml"
+        fleet = yaml.safe_load(fleet_path.read_text())
+        fleet["spec"]["components"][MODEL]["artifact"] = f"{MODEL}@{version}"
+        fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+
+    def release(self, release_keys: list[Path]) -> int:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cmd_release(
+                argparse.Namespace(
+                    repo=str(self.fleet),
+                    key=[str(k) for k in release_keys],
+                    expires="30d",
+                    wave=None,
+                    sigstore=False,
+                    push=False,
+                    remote="origin",
+                )
+            )
+        import json
+
+        info = json.loads(out.getvalue())
+        self.git("push", "-q", "origin", "HEAD:refs/heads/main", f"refs/tags/{info['tag']}")
+        version: int = info["version"]
+        self.step(
+            f"signed release {version}: tag {info['tag']} on commit {info['commit'][:12]},"
+            f" {len(info['signers'])} release signatures, pushed to {self.origin.name}"
+        )
+        return version
+
+
+def _make_keys(demo: Demo) -> dict[str, SigningKey]:
+    keys: dict[str, SigningKey] = {}
+    for name in ("root1", "root2", "release1", "release2", *NODES):
+        key = SigningKey.generate(name)
+        write_key_pair(demo.keys_dir / name, key)
+        keys[name] = key
+    return keys
+
+
+def _agents(demo: Demo) -> dict[str, Callable[[], Any]]:
+    from node_agent.agent import Agent
+    from node_agent.config import load_config
+    from node_agent.logs import configure
+
+    runners: dict[str, Callable[[], Any]] = {}
+    for node in NODES:
+        home = demo.base / "nodes" / node
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo.fleet / "trust" / "roots" / "1.json", home / "root.json")
+        config_path = home / "agent.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "node": node,
+                    "repo": str(demo.origin),
+                    "trustRoot": "root.json",
+                    "stateDir": "state",
+                    "identityKey": str(demo.keys_dir / node),
+                }
+            )
+        )
+        config = load_config(config_path)
+        log_file = home / "agent.log"
+
+        def once(config: Any = config, log_file: Path = log_file, node: str = node) -> Any:
+            with log_file.open("a") as stream:
+                return Agent(config, configure(node, "json", stream)).once()
+
+        runners[node] = once
+    return runners
+
+
+def _report(runners: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    outcomes = {}
+    for node, once in runners.items():
+        outcome = once()
+        journal = outcome.journal
+        parts = ", ".join(
+            f"{name} {rec.banks[rec.current].artifact.split('@')[1]} (bank {rec.current})"
+            for name, rec in sorted(journal.components.items())
+            if rec.current
+        )
+        code, state = outcome.exit_code, journal.state
+        _say(f"    {node:<12} exit {code:<3} {state:<12} release {journal.release}  {parts}")
+        if outcome.exit_code != 0 and journal.last_error:
+            _say(f"    {'':<12} why: {journal.last_error['reason']}")
+        outcomes[node] = outcome
+    return outcomes
+
+
+def run_demo(base: Path) -> int:
+    demo = Demo(base)
+    _say(f"EdgeFleet demo in {base}")
+    builder = _load_builder()
+    keys = _make_keys(demo)
+    demo.step(
+        "made ed25519 keys (OpenSSH format): root1, root2, release1, release2, and one per node"
+    )
+
+    shutil.copytree(EXAMPLE, demo.fleet, ignore=shutil.ignore_patterns(".store", "__pycache__"))
+    build = builder.build_all()
+    for artifact in build.artifacts:
+        demo.store(artifact.data)
+    _localize(demo.fleet, demo.artifacts)
+    for node in NODES:
+        path = demo.fleet / "nodes" / f"{node}.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["spec"]["identity"] = keys[node].public.openssh()
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    signed = build_root(
+        fleet="retail-eu",
+        version=1,
+        expires=format_timestamp(now().replace(year=now().year + 1)),
+        root_keys=[keys["root1"].public, keys["root2"].public],
+        root_threshold=2,
+        release_keys=[keys["release1"].public, keys["release2"].public],
+        release_threshold=2,
+    )
+    import json
+
+    from reconciler.trust_root import parse_root
+
+    root = (
+        json.dumps(sign_envelope(signed, [keys["root1"], keys["root2"]]), indent=2) + "\n"
+    ).encode()
+    (demo.fleet / "trust" / "roots").mkdir(parents=True, exist_ok=True)
+    (demo.fleet / "trust" / "root.json").write_bytes(root)
+    (demo.fleet / "trust" / "roots" / "1.json").write_bytes(root)
+    write_signers(demo.fleet, parse_root(root))
+    demo.step(
+        f"fleet repository {demo.fleet.name}/: the example fleet retail-eu, {len(build.artifacts)}"
+        " artifacts built into artifacts/sha256/, hooks and checks made runnable here, trust"
+        " root v1 (2 of 2 root keys, 2 of 2 release keys)"
+    )
+    git.Repo.init(demo.fleet, initial_branch="main")
+    demo.commit("retail-eu fleet, runnable on this machine")
+    subprocess.run(
+        ["git", "init", "-q", "--bare", str(demo.origin)], check=True, capture_output=True
+    )
+    demo.git("remote", "add", "origin", str(demo.origin))
+    release_keys = [demo.keys_dir / "release1", demo.keys_dir / "release2"]
+
+    demo.step("release 1: the fleet as it is")
+    demo.release(release_keys)
+    runners = _agents(demo)
+    demo.step(f"agents on {', '.join(f'{n} ({d})' for n, d in NODES.items())}: first cycle")
+    first = _report(runners)
+
+    demo.step(
+        f"release 2: {MODEL}@1.5.0 for every node outside the canary ring, a bad export whose"
+        " scores drift from the golden data"
+    )
+    demo.add_model(
+        "1.5.0", _variant_model(builder, "1.5.0", broken=True), "Re-export (bad: scaled layer)."
+    )
+    demo.commit(f"{MODEL} 1.5.0")
+    demo.release(release_keys)
+    second = _report(runners)
+
+    demo.step("next poll: release 2 failed here, so it is not tried again")
+    third = _report(runners)
+
+    demo.step(f"release 3: {MODEL}@1.5.1, the same model exported correctly")
+    demo.add_model("1.5.1", _variant_model(builder, "1.5.1", broken=False), "Re-export, fixed.")
+    demo.commit(f"{MODEL} 1.5.1: fix the export")
+    demo.release(release_keys)
+    fourth = _report(runners)
+
+    rolled_back = [n for n, o in second.items() if o.exit_code == 1]
+    converged = all(o.exit_code == 0 and o.journal.release == 3 for o in fourth.values())
+    ok = (
+        all(o.exit_code == 0 for o in first.values())
+        and bool(rolled_back)
+        and all(o.exit_code == 0 for o in third.values())
+        and converged
+    )
+    demo.step(
+        f"{'every node converged on release 3' if converged else 'NOT converged'};"
+        f" rolled back on release 2: {', '.join(rolled_back) or 'none'}"
+    )
+    _say()
+    _say("Look around:")
+    agent = Path(sys.executable).with_name("edgefleet-agent")
+    _say(
+        f"  {agent if agent.exists() else 'edgefleet-agent'} status --config"
+        f" {base}/nodes/store-0101/agent.yaml"
+    )
+    _say(f"  git -C {demo.fleet} log --oneline --decorate")
+    _say(f"  cat {base}/nodes/store-0101/agent.log | head   (JSON lines, one per step)")
+    _say(f"  cat {base}/nodes/store-0101/state/metrics.prom")
+    return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def _workdir(path: str | None) -> Iterator[Path]:
+    if path is None:
+        yield Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+        return
+    base = Path(path).resolve()
+    if base.exists() and any(base.iterdir()):
+        raise UsageError(f"--dir {path}: got a folder that is not empty, expected a new one")
+    base.mkdir(parents=True, exist_ok=True)
+    yield base
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with _workdir(args.dir) as base:
+        return run_demo(base)
+
+
+def register(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="the whole story on this machine: release, apply, a failing model, rollback",
+    )
+    demo.add_argument("--dir", help="where to put everything (default: a new temporary folder)")
+    demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,48 @@
+"""`edgefleet demo`, the README's main command: the whole story, exit 0, readable output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EDGEFLEET = Path(sys.executable).with_name("edgefleet")
+
+
+def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
+    base = tmp_path / "demo"
+    done = subprocess.run(
+        [str(EDGEFLEET), "demo", "--dir", str(base)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for expected in (
+        "signed release 1",
+        "signed release 2",
+        "signed release 3",
+        "rolled-back",
+        "got max |diff|",
+        "every node converged on release 3",
+    ):
+        assert expected in out, expected
+    # What the story claims is what the nodes' journals say.
+    for node in ("store-0042", "store-0101", "wh-venlo-01"):
+        journal = json.loads((base / "nodes" / node / "state" / "state.json").read_text())
+        assert journal["release"] == 3 and journal["state"] == "converged", node
+    journal = json.loads((base / "nodes" / "store-0101" / "state" / "state.json").read_text())
+    assert "2" in journal["failed"] and "max |diff|" in journal["failed"]["2"]["reason"]
+    model = base / "nodes" / "store-0101" / "state" / "components" / "anomaly-model"
+    assert str((model / "current").readlink()) == "b"
+    log = (base / "nodes" / "store-0101" / "agent.log").read_text().splitlines()
+    assert any(json.loads(line)["event"] == "rollback.done" for line in log)
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("mine\\n")
+    done = subprocess.run(
+        [str(EDGEFLEET), "demo", "--dir", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "not empty" in done.stderr
+    assert (tmp_path / "something").read_text() == "mine\\n"
