@@ -165,8 +165,8 @@ class Agent:
             if refusal is not None:
                 journal.state = "rejected"
                 journal.last_error = refusal
-            elif journal.state not in ("rolled-back",):
-                journal.state = "converged"
+            elif journal.state != "rolled-back":
+                journal.state = "converged" if journal.release is not None else "new"
             self.journal_file.save(journal)
             self.log.info("cycle.nothing_to_apply", release=journal.release, state=journal.state)
             return 3 if refusal is not None else 0
@@ -397,10 +397,13 @@ class Agent:
                 rec = journal.components.get(name)
                 if rec is not None:
                     rec.banks.pop(step.target, None)
-                if banks.current() != step.target:
+                if rec is None or (rec.current is None and not rec.banks):
+                    journal.components.pop(name, None)
+                elif banks.current() != step.target:
                     banks.clear(step.target)
         journal.transaction = None
         self.journal_file.save(journal)
+        self._sweep(journal)
 
     def trial(self, journal: Journal, read_repo_file: Callable[[str], bytes]) -> None:
         """Switch every changed component, run its hooks and checks; commit or roll back."""
@@ -534,11 +537,16 @@ class Agent:
             "reason": reason,
             "at": format_timestamp(at),
         }
+        for name, step in txn.steps.items():
+            if step.action == "add":
+                # Nothing ran this component before the release: forget it entirely.
+                journal.components.pop(name, None)
         journal.transaction = None
         journal.state = "rolled-back"
         journal.last_error = {"release": txn.release, "reason": reason, "at": format_timestamp(at)}
         journal.count("rollbacks")
         self.journal_file.save(journal)
+        self._sweep(journal)
         self.log.warning("rollback.done", release=txn.release, reason=reason)
         raise ApplyFailed(
             f"release {txn.release} failed on this node and was rolled back: {reason}"

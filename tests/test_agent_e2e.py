@@ -377,3 +377,38 @@ def test_status_reads_the_journal_without_the_origin(installed: NodeAgent) -> No
     assert done.returncode == 0
     assert "node edge-1: converged, release 1" in done.stdout
     assert "app: app@1.0.0 in bank a, health ok" in done.stdout
+
+
+def test_a_removed_component_is_switched_off_and_its_banks_deleted(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    before = installed.snapshot()
+    fleet.use("settings", None)
+    fleet.publish()
+    code, info = installed.once()
+    assert code == 0, info["_stderr"]
+    assert set(info["components"]) == {"model", "app"}
+    assert not (installed.state / "components" / "settings").exists()
+    after = installed.snapshot()
+    assert {k: v for k, v in after["files"].items() if not k.startswith("settings/")} == {
+        k: v for k, v in before["files"].items() if not k.startswith("settings/")
+    }
+
+
+def test_a_component_added_by_a_failing_release_leaves_no_trace(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    before = installed.snapshot()
+    fleet.app("9.0.0", healthy=False)
+    fleet.use(
+        "extra",
+        "app@9.0.0",
+        health=[{"exec": {"argv": ["sh", "bin/selftest"], "timeoutSeconds": 10}}],
+    )
+    fleet.publish()
+    code, info = installed.once()
+    assert code == 1, info["_stderr"]
+    assert "extra" not in info["components"]
+    assert not (installed.state / "components" / "extra").exists()
+    after = installed.snapshot()
+    assert after["links"] == before["links"] and after["files"] == before["files"]
