@@ -412,3 +412,12 @@ def test_a_component_added_by_a_failing_release_leaves_no_trace(
     assert not (installed.state / "components" / "extra").exists()
     after = installed.snapshot()
     assert after["links"] == before["links"] and after["files"] == before["files"]
+
+
+def test_a_file_url_origin(fleet: LiveFleet) -> None:
+    fleet.standard()
+    fleet.publish()
+    node = NodeAgent(fleet, "edge-2", repo_url=fleet.origin.as_uri())
+    code, info = node.once()
+    assert code == 0, info["_stderr"]
+    assert info["node"] == "edge-2" and info["release"] == 1

@@ -19,6 +19,7 @@ from node_agent.health import (
     run_command,
     run_hook,
     run_onnx,
+    run_onnx_isolated,
 )
 
 from tests.conftest import ROOT
@@ -333,6 +334,54 @@ def test_importing_health_does_not_load_onnxruntime_or_numpy() -> None:
         "top = {m.split('.')[0] for m in sys.modules}\n"
         "heavy = sorted(top & {'onnxruntime', 'numpy', 'onnx'})\n"
         "print(heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_isolated_onnx_check_gives_the_in_process_verdict(
+    affine_ctx: CheckContext, bank: Path
+) -> None:
+    spec = {"input": "golden/in.npy", "expected": "golden/out.npy", "atol": 1e-4}
+    good = run_onnx_isolated(spec, affine_ctx)
+    assert good.ok and good.kind == "onnx" and "over 5 runs" in good.detail
+    (bank / MODEL).write_bytes(affine_model(2.0, 0.6))
+    bad, here = run_onnx_isolated(spec, affine_ctx), run_onnx(spec, affine_ctx)
+    assert not bad.ok and bad.detail == here.detail
+
+
+def test_an_isolated_onnx_check_has_a_deadline(slow_ctx: CheckContext) -> None:
+    spec = {"input": "golden/in.npy", "expected": "golden/out.npy"}
+    result = run_onnx_isolated(spec, slow_ctx, runs=100_000, timeout_s=3)
+    assert not result.ok
+    assert result.detail == "got no result within 3 s, expected the check to end"
+
+
+def test_an_isolated_onnx_check_reports_an_unreadable_golden_file(
+    affine_ctx: CheckContext,
+) -> None:
+    result = run_onnx_isolated({"input": "golden/missing.npy", "expected": "x"}, affine_ctx)
+    assert not result.ok and "golden/missing.npy" in result.detail
+
+
+def test_running_onnx_checks_leaves_the_runtime_out_of_the_agent(tmp_path: Path) -> None:
+    # The idle agent stays small after an update: onnxruntime only ever loads in the child.
+    model = affine_model(2.0, 0.5)
+    x = sample_input()
+    (tmp_path / MODEL).write_bytes(model)
+    (tmp_path / "in.npy").write_bytes(npy_bytes(x))
+    (tmp_path / "out.npy").write_bytes(npy_bytes(golden(model, x)))
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from node_agent.health import CheckContext, run_checks\n"
+        f"bank = Path({str(tmp_path)!r})\n"
+        "ctx = CheckContext('model', bank, 'model.onnx', lambda p: (bank / p).read_bytes(), {})\n"
+        "[r] = run_checks([{'onnx': {'input': 'in.npy', 'expected': 'out.npy'}}], ctx)\n"
+        "assert r.ok, r.detail\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'numpy'}))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
