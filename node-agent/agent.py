@@ -22,7 +22,7 @@ from node_agent.banks import ComponentBanks
 from node_agent.config import AgentConfig, ConfigError
 from node_agent.download import Fetcher
 from node_agent.errors import ApplyFailed, ArtifactUnavailable, OriginUnreachable, UnsafeArchive
-from node_agent.health import CheckContext, CheckResult, run_checks, run_command
+from node_agent.health import HOOK_TIMEOUT_S, CheckContext, CheckResult, run_checks, run_command
 from node_agent.journal import (
     BankRecord,
     ComponentRecord,
@@ -43,6 +43,7 @@ from reconciler.node_plan import Desired, desired_components, plan
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
 from reconciler.render import render_node
+from reconciler.rollout import in_wave
 from reconciler.timestamps import format_timestamp, now
 from reconciler.trust_root import TrustRoot, advance_root, load_pinned_root
 from reconciler.verify import verify_for_node
@@ -50,7 +51,6 @@ from reconciler.verify import verify_for_node
 # Trial starts a release may have before a restart gives up on it and rolls back: enough for
 # a power cut or two during a slow health check, not enough to loop on a crashing one.
 MAX_TRIAL_ATTEMPTS = 3
-HOOK_TIMEOUT_S = 300.0
 FINAL_STATES = ("converged", "rolled-back", "rejected")
 
 
@@ -165,8 +165,8 @@ class Agent:
             if refusal is not None:
                 journal.state = "rejected"
                 journal.last_error = refusal
-            elif journal.state != "rolled-back":
-                journal.state = "converged" if journal.release is not None else "new"
+            else:
+                self._settle(journal)
             self.journal_file.save(journal)
             self.log.info("cycle.nothing_to_apply", release=journal.release, state=journal.state)
             return 3 if refusal is not None else 0
@@ -193,6 +193,22 @@ class Agent:
             journal.last_error = refusal
         self.journal_file.save(journal)
         return 3 if refusal is not None else 0
+
+    def _settle(self, journal: Journal) -> None:
+        """The state of a node with nothing to apply: what it runs, and whether the newest
+        release it tried failed here (that stays visible until a newer one is applied)."""
+        newest_failed = max((int(v) for v in journal.failed), default=0)
+        if newest_failed > (journal.release or 0):
+            journal.state = "rolled-back"
+            failure = journal.failed[str(newest_failed)]
+            journal.last_error = {
+                "release": newest_failed,
+                "reason": failure["reason"],
+                "at": failure["at"],
+            }
+        else:
+            journal.state = "converged" if journal.release is not None else "new"
+            journal.last_error = None
 
     # --- deciding ------------------------------------------------------------------------
 
@@ -238,6 +254,9 @@ class Agent:
             if walked.version != root.version:
                 root_bytes = tree.read(root_chain_file(walked.version))
             journal.see_signed_time(release.payload["issuedAt"])
+            if not self._in_wave(fleet, release):
+                self.log.info("decide.not_in_wave", release=release.version, wave=release.wave)
+                continue
             self.log.info(
                 "verify.accepted",
                 release=release.version,
@@ -266,6 +285,12 @@ class Agent:
             self.config.node,
             checked_at,
         )
+
+    def _in_wave(self, fleet: FleetRepo, release: VerifiedRelease) -> bool:
+        node = fleet.node(self.config.node)
+        spec = fleet.fleet.spec if fleet.fleet is not None else {}
+        labels = node.labels if node is not None else {}
+        return in_wave(spec, release.fleet, release.wave, self.config.node, labels)
 
     def _offered_roots(self, tags: list[ReleaseTag], version: int) -> list[bytes]:
         path = root_chain_file(version)
@@ -349,6 +374,15 @@ class Agent:
             except (ArtifactUnavailable, UnsafeArchive):
                 self._discard_staging(journal)
                 raise
+            except OSError as exc:
+                # A full or failing disk: nothing was switched, so the node runs what it ran
+                # and the next cycle tries again once space is freed.
+                self._discard_staging(journal)
+                raise ArtifactUnavailable(
+                    f"staging release {release.version} failed on this node's disk"
+                    f" ({exc.strerror or exc}: {exc.filename or self.config.state_dir}),"
+                    " expected room in the state directory; nothing was switched"
+                ) from None
         journal.transaction.phase = "trial"
         journal.transaction.attempts = 1
         self.journal_file.save(journal)
@@ -416,7 +450,10 @@ class Agent:
             elif step.action == "remove":
                 self.banks(name).remove_current()
         self.log.info(
-            "switch.done", release=txn.release, attempt=txn.attempts, components=sorted(txn.steps)
+            "switch.done",
+            release=txn.release,
+            attempt=txn.attempts,
+            components=sorted(n for n, st in txn.steps.items() if st.action != "keep"),
         )
         for name, step in txn.steps.items():
             if step.action not in ("add", "change"):
@@ -431,7 +468,7 @@ class Agent:
                 results.extend(run_checks(step.spec.get("health", []), ctx))
             self.checks.extend((name, r) for r in results)
             for result in results:
-                self.log.info(
+                (self.log.info if result.ok else self.log.warning)(
                     "health.check",
                     release=txn.release,
                     component=name,
@@ -442,8 +479,8 @@ class Agent:
                     detail=result.detail,
                 )
             failed = next((r for r in results if not r.ok), None)
+            journal.components[name].checks = [r.as_json() for r in results if r.kind != "hook"]
             if failed is not None:
-                journal.components[name].health = "failed"
                 self.rollback(journal, f"{name}: {failed.name}: {failed.detail}")
         self.commit(journal)
 
@@ -646,9 +683,13 @@ class Agent:
             ("state", {"state": s}, 1.0 if journal.state == s else 0.0) for s in _STATES
         ]
         labelled.extend(
-            ("health_check_duration_seconds", {"component": name, "check": r.name}, r.seconds)
-            for name, r in self.checks
-            if r.kind != "hook"
+            (
+                "health_check_duration_seconds",
+                {"component": name, "check": str(check["name"])},
+                float(check["seconds"]),
+            )
+            for name, rec in sorted(journal.components.items())
+            for check in rec.checks
         )
         write_metrics(self.metrics_path, render_metrics(values, labelled))
 

@@ -90,6 +90,11 @@ def _print_summary(info: dict[str, Any], as_json: bool) -> None:
     print(f"node {info['node']}: {info['state']}, release {release if release else '(none)'}")
     for name, comp in info["components"].items():
         print(f"  {name}: {comp['artifact']} in bank {comp['bank']}, health {comp['health']}")
+    txn = info["transaction"]
+    if txn:
+        print(
+            f"  applying release {txn['release']}: phase {txn['phase']}, attempt {txn['attempts']}"
+        )
     error = info["lastError"]
     if error:
         print(f"  last error (release {error.get('release')}): {error['reason']}")
@@ -139,7 +144,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         except EdgeFleetError as exc:
             log.error("cycle.error", reason=str(exc), exit_code=exc.exit_code)
             code = exc.exit_code
-        failures = failures + 1 if code in (1, 75) else 0
+        except Exception as exc:
+            # A service that dies on a surprise is restarted in a loop by systemd; one that
+            # logs it and backs off keeps its state and its schedule.
+            log.exception("cycle.crashed", reason=f"{type(exc).__name__}: {exc}")
+            code = 70
+        failures = failures + 1 if code in (1, 70, 75) else 0
         delay = next_delay(config.poll_interval, failures)
         log.info("cycle.done", exit_code=code, next_in=round(delay, 1))
         stop.wait(delay)

@@ -56,6 +56,8 @@ class ComponentRecord:
     # The health checks and hooks of the committed release: what a restart re-runs and what
     # a rollback calls, even when the repository has moved on.
     spec: dict[str, Any] = field(default_factory=dict)
+    # The last run of its health checks (name, ok, detail, seconds): metrics and status.
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
     def installed(self) -> Installed | None:
         if self.current is None or self.current not in self.banks:
@@ -146,6 +148,7 @@ class Journal:
                 banks={b: BankRecord(**r) for b, r in c["banks"].items()},
                 health=c["health"],
                 spec=c["spec"],
+                checks=c.get("checks", []),
             )
             for name, c in fields.get("components", {}).items()
         }

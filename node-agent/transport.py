@@ -54,10 +54,15 @@ def _git_env(limits: TransportLimits) -> dict[str, str]:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, git.GitCommandError):
-        lines = [ln.strip() for ln in str(exc.stderr or "").splitlines() if ln.strip()]
-        useful = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
-        text = useful[-1] if useful else f"git exited with {exc.status}"
-        return text.removeprefix("stderr: ").strip("'")
+        lines = [
+            ln.strip().removeprefix("stderr: ").strip("'")
+            for ln in str(exc.stderr or "").splitlines()
+            if ln.strip().strip("'")
+        ]
+        # git's last `fatal:` line is generic ("Could not read from remote repository"); the
+        # line before it (ssh's "Connection refused", a TLS error) is often the real cause.
+        useful = lines[-2:] if lines else [f"git exited with {exc.status}"]
+        return "; ".join(useful)
     return str(exc) or type(exc).__name__
 
 

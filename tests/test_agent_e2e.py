@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_testing import LiveFleet, NodeAgent, tar_bytes
+from tests.agent_testing import AGENT, LiveFleet, NodeAgent, tar_bytes
 from tests.artifact_server import ArtifactServer
 
 
@@ -135,6 +136,8 @@ def test_a_failing_exec_check_rolls_back_everything(fleet: LiveFleet, installed:
     assert "2" in installed.journal()["failed"]
     # activated by 1, by the trial of 2, then again on the old bank after the rollback
     assert activations(installed) == ["activated"] * 3
+    # the banks that run again are the healthy ones of release 1
+    assert {c["health"] for c in info["components"].values()} == {"ok"}
 
 
 def test_a_failing_onnx_check_rolls_back_everything(fleet: LiveFleet, installed: NodeAgent) -> None:
@@ -255,6 +258,9 @@ def test_an_unreachable_origin_keeps_the_node_running(
     assert info["state"] == "offline" and info["release"] == 1
     assert "got no answer from the origin" in info["lastError"]["reason"]
     assert installed.snapshot() == before
+    installed.write_config(str(fleet.origin))
+    code, info = installed.once()
+    assert code == 0 and info["state"] == "converged" and info["lastError"] is None
 
 
 def test_a_refused_newest_release_is_reported_and_the_newest_valid_one_applied(
@@ -347,8 +353,6 @@ def test_run_converges_and_stops_on_sigterm(fleet: LiveFleet) -> None:
     fleet.publish()
     node = NodeAgent(fleet, "edge-1")
     node.write_config(str(fleet.origin), pollInterval="1s")
-    from tests.agent_testing import AGENT
-
     proc = subprocess.Popen(
         [str(AGENT), "run", "--config", str(node.config)],
         stdout=subprocess.PIPE,
@@ -421,3 +425,72 @@ def test_a_file_url_origin(fleet: LiveFleet) -> None:
     code, info = node.once()
     assert code == 0, info["_stderr"]
     assert info["node"] == "edge-2" and info["release"] == 1
+
+
+def test_a_release_for_a_wave_the_node_is_not_in_is_left_alone(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    before = installed.snapshot()
+    fleet.config_file("2.0.0", "threshold = canary\n")
+    fleet.use("settings", "settings@2.0.0")
+    fleet.publish(wave="canary")  # fleet.yaml: canary = nodes labelled ring: canary
+    code, info = installed.once()
+    assert code == 0, info["_stderr"]
+    assert info["release"] == 1 and info["state"] == "converged"
+    assert installed.snapshot() == before
+    assert '"decide.not_in_wave"' in info["_stderr"]
+    fleet.publish()  # the same state for every node
+    code, info = installed.once()
+    assert code == 0 and info["release"] == 3
+    assert info["components"]["settings"]["artifact"] == "settings@2.0.0"
+
+
+def test_a_rolled_back_node_that_goes_offline_comes_back_rolled_back(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    fleet.model("1.1.0", bias=1.5)
+    fleet.use("model", "model@1.1.0", health=[fleet.onnx_check()])
+    fleet.publish()
+    assert installed.once()[0] == 1
+    installed.write_config("git://127.0.0.1:9/nowhere.git")
+    assert installed.once()[0] == 75
+    installed.write_config(str(fleet.origin))
+    code, info = installed.once()
+    assert code == 0 and info["state"] == "rolled-back" and info["release"] == 1
+    assert info["lastError"]["release"] == 2 and "max |diff|" in info["lastError"]["reason"]
+
+
+def test_a_full_disk_while_staging_defers_the_update_and_keeps_the_node_running(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    before = installed.snapshot()
+    big = fleet.app("2.0.0", padding=2_000_000)
+    fleet.use("app", "app@2.0.0")
+    fleet.publish()
+    # The bytes are already in the cache, so the disk fills while writing the bank itself.
+    cache = installed.state / "cache"
+    cache.mkdir(exist_ok=True)
+    (cache / big.digest).write_bytes(big.data)
+    limit = 1_000_000
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [str(AGENT), "once", "--json", "--config", str(installed.config)],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        timeout=120,
+    )
+    info = json.loads(done.stdout)
+    assert done.returncode == 75, done.stderr
+    assert info["state"] == "deferred" and "disk" in info["lastError"]["reason"]
+    assert info["transaction"] is None and info["release"] == 1
+    after = installed.snapshot()
+    assert after["links"] == before["links"]
+    assert {k: v for k, v in after["files"].items() if k.startswith("app/a/")} == {
+        k: v for k, v in before["files"].items() if k.startswith("app/a/")
+    }
+    code, info = installed.once()
+    assert code == 0 and info["release"] == 2, info["_stderr"]

@@ -30,7 +30,18 @@ def test_wheel_ships_both_packages_and_every_schema(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     schemas = {p.name for p in (ROOT / "schemas").glob("*.json")}
     assert {f"reconciler/schemas/{s}" for s in schemas} <= names
-    assert "node_agent/cli.py" in names and "reconciler/cli.py" in names
+    # Every module of both packages, subpackages included: a wheel missing one installs
+    # fine and then fails at the first import.
+    modules = {
+        f"reconciler/{p.relative_to(ROOT / 'reconciler')}"
+        for p in (ROOT / "reconciler").rglob("*.py")
+    }
+    modules |= {
+        f"node_agent/{p.relative_to(ROOT / 'node-agent')}"
+        for p in (ROOT / "node-agent").rglob("*.py")
+    }
+    assert not {m for m in modules if "__pycache__" not in m} - names
+    assert "node_agent/edgefleet-agent.service" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "edgefleet = reconciler.cli:main" in text

@@ -130,6 +130,7 @@ class FleetRepository:
         fleet: str = FLEET_NAME,
         issued: datetime | None = None,
         expires: datetime | None = None,
+        wave: str | None = None,
     ) -> dict[str, Any]:
         commit = commit or self.repo.head.commit.hexsha
         tree = GitTreeFiles(self.repo, commit)
@@ -141,6 +142,7 @@ class FleetRepository:
             files={p: file_digest(tree.read(p)) for p in tree.paths()},
             issued_at=issued,
             expires=expires or issued + timedelta(days=30),
+            wave=wave,
         )
 
     def next_version(self) -> int:
