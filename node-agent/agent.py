@@ -425,18 +425,23 @@ class Agent:
     def _discard_staging(self, journal: Journal) -> None:
         txn = journal.transaction
         assert txn is not None
+        to_clear: list[tuple[str, str]] = []
         for name, step in txn.steps.items():
             if step.action in ("add", "change") and step.target is not None:
-                banks = self.banks(name)
                 rec = journal.components.get(name)
                 if rec is not None:
                     rec.banks.pop(step.target, None)
                 if rec is None or (rec.current is None and not rec.banks):
                     journal.components.pop(name, None)
-                elif banks.current() != step.target:
-                    banks.clear(step.target)
+                else:
+                    to_clear.append((name, step.target))
+        # The journal forgets the banks before they are emptied, as when staging began.
         journal.transaction = None
         self.journal_file.save(journal)
+        for name, bank in to_clear:
+            banks = self.banks(name)
+            if banks.current() != bank:
+                banks.clear(bank)  # type: ignore[arg-type]
         self._sweep(journal)
 
     def trial(self, journal: Journal, read_repo_file: Callable[[str], bytes]) -> None:

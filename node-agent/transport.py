@@ -133,6 +133,7 @@ class Transport:
         local = self.local_tags()
         if remote == local:
             return False
+        self.clear_stale_locks()
         try:
             self._git(
                 "fetch",
@@ -157,6 +158,46 @@ class Transport:
             changed=sorted(n for n in after if n in local and local[n] != after[n]),
         )
         return True
+
+    def clear_stale_locks(self) -> None:
+        """Remove lock files a git killed mid-fetch left behind (a power cut, `kill -9` of
+        the agent's process group): git refuses to fetch while they exist, and would leave
+        the node unable to update until someone deleted them by hand.
+
+        The caller holds the state directory's lock, so no other agent fetches here; a lock
+        is left alone while any git process not started by this one works in the repository.
+        """
+        git_dir = Path(self.repo.git_dir)
+        locks = [
+            p for p in (*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")) if p.is_file()
+        ]
+        if not locks or _foreign_git_in(git_dir):
+            return
+        for lock in locks:
+            lock.unlink(missing_ok=True)
+        self.log(
+            "fetch.stale_locks_removed", locks=sorted(str(p.relative_to(git_dir)) for p in locks)
+        )
+
+
+def _foreign_git_in(git_dir: Path) -> bool:
+    """Whether a process other than this one's children has its working folder in `git_dir`."""
+    me = os.getpid()
+    target = str(git_dir.resolve())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if str((entry / "cwd").readlink()) != target:
+                continue
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The parent pid is the 4th field, after the command name in parentheses.
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid != me:
+            return True
+    return False
 
 
 def _parse_refs(out: str) -> dict[str, str]:
