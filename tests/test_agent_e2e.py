@@ -494,3 +494,24 @@ def test_a_full_disk_while_staging_defers_the_update_and_keeps_the_node_running(
     }
     code, info = installed.once()
     assert code == 0 and info["release"] == 2, info["_stderr"]
+
+
+def test_a_key_revoked_by_a_newer_root_is_refused_even_where_that_root_is_missing(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    keys = fleet.keys
+    before_rotation = fleet.repo.head.commit.hexsha  # carries root version 1 only
+    # Root 2 drops release1 (say its laptop was stolen): signed by the old and new root keys.
+    fleet.write_root(keys.root, 2, keys.release[1:], 2, keys.root[:2])
+    fleet.config_file("1.1.0", "threshold = 5\n")
+    fleet.use("settings", "settings@1.1.0")
+    fleet.publish(signers=keys.release[1:3])
+    # The thief signs an old commit, whose tree knows nothing of root 2, with release1 and
+    # release2: enough under root 1.
+    fleet.release(signers=keys.release[:2], commit=before_rotation)
+    fleet.push()
+    code, info = installed.once()
+    assert code == 3, info["_stderr"]
+    assert info["lastError"]["release"] == 3 and info["lastError"]["rule"] == "threshold"
+    assert info["release"] == 2 and info["trustedRootVersion"] == 2
+    assert info["components"]["settings"]["artifact"] == "settings@1.1.0"
