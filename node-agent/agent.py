@@ -22,7 +22,7 @@ from node_agent.banks import ComponentBanks
 from node_agent.config import AgentConfig, ConfigError
 from node_agent.download import Fetcher
 from node_agent.errors import ApplyFailed, ArtifactUnavailable, OriginUnreachable, UnsafeArchive
-from node_agent.health import HOOK_TIMEOUT_S, CheckContext, CheckResult, run_checks, run_command
+from node_agent.health import CheckContext, CheckResult, run_checks, run_hook
 from node_agent.journal import (
     BankRecord,
     ComponentRecord,
@@ -36,6 +36,7 @@ from node_agent.metrics import write as write_metrics
 from node_agent.transport import Transport, fingerprint
 
 from reconciler import __version__
+from reconciler.durations import parse_duration
 from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, TrustError
 from reconciler.fleet_repo import FleetRepo, root_chain_file
 from reconciler.git_tree import GitTreeFiles
@@ -169,7 +170,7 @@ class Agent:
                 self._settle(journal)
             self.journal_file.save(journal)
             self.log.info("cycle.nothing_to_apply", release=journal.release, state=journal.state)
-            return 3 if refusal is not None else 0
+            return 3 if journal.state == "rejected" else 0
         try:
             self.apply(journal, candidate)
         except ArtifactUnavailable as exc:
@@ -199,8 +200,8 @@ class Agent:
         release it tried failed here (that stays visible until a newer one is applied)."""
         newest_failed = max((int(v) for v in journal.failed), default=0)
         if newest_failed > (journal.release or 0):
-            journal.state = "rolled-back"
             failure = journal.failed[str(newest_failed)]
+            journal.state = failure.get("outcome", "rolled-back")
             journal.last_error = {
                 "release": newest_failed,
                 "reason": failure["reason"],
@@ -254,6 +255,8 @@ class Agent:
             if walked.version != root.version:
                 root_bytes = tree.read(root_chain_file(walked.version))
             journal.see_signed_time(release.payload["issuedAt"])
+            if fleet.fleet is not None and "pollInterval" in fleet.fleet.spec:
+                journal.poll_interval = parse_duration(fleet.fleet.spec["pollInterval"])
             if not self._in_wave(fleet, release):
                 self.log.info("decide.not_in_wave", release=release.version, wave=release.wave)
                 continue
@@ -465,10 +468,8 @@ class Agent:
                 continue
             assert step.target is not None
             ctx = self._context(name, step.target, step.spec, read_repo_file, txn.release)
-            activate = (step.spec.get("hooks") or {}).get("activate")
-            results: list[CheckResult] = []
-            if activate:
-                results.append(run_command(activate, HOOK_TIMEOUT_S, ctx, kind="hook"))
+            activated = run_hook(step.spec.get("hooks"), "activate", ctx)
+            results: list[CheckResult] = [activated] if activated is not None else []
             if all(r.ok for r in results):
                 results.extend(run_checks(step.spec.get("health", []), ctx))
             self.checks.extend((name, r) for r in results)
@@ -561,10 +562,10 @@ class Agent:
             rec = journal.components.get(name)
             old_spec = rec.spec if rec is not None else {}
             new_hooks = step.spec.get("hooks") or {}
-            for argv in (new_hooks.get("rollback"), (old_spec.get("hooks") or {}).get("activate")):
-                if argv:
-                    ctx = self._context(name, step.previous, old_spec, _no_repo_file, txn.release)
-                    result = run_command(argv, HOOK_TIMEOUT_S, ctx, kind="hook")
+            ctx = self._context(name, step.previous, old_spec, _no_repo_file, txn.release)
+            for hooks, phase in ((new_hooks, "rollback"), (old_spec.get("hooks"), "activate")):
+                result = run_hook(hooks, phase, ctx)  # type: ignore[arg-type]
+                if result is not None:
                     self.log.info(
                         "rollback.hook",
                         release=txn.release,
@@ -578,6 +579,7 @@ class Agent:
             "digest": txn.digest,
             "reason": reason,
             "at": format_timestamp(at),
+            "outcome": "rolled-back",
         }
         for name, step in txn.steps.items():
             if step.action == "add":
@@ -600,6 +602,7 @@ class Agent:
             "digest": release.digest,
             "reason": str(exc),
             "at": format_timestamp(at),
+            "outcome": "rejected",
         }
         journal.state = "rejected"
         journal.last_error = _error(release.version, exc, at)

@@ -137,10 +137,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     failures = 0
-    log.info("agent.start", interval=config.poll_interval, origin=config.repo)
+    log.info("agent.start", interval=config.poll_interval or "fleet", origin=config.repo)
     while not stop.is_set():
+        interval = config.poll_interval or DEFAULT_POLL_S
         try:
-            code = agent.once().exit_code
+            outcome = agent.once()
+            code = outcome.exit_code
+            interval = config.poll_interval or outcome.journal.poll_interval or DEFAULT_POLL_S
         except EdgeFleetError as exc:
             log.error("cycle.error", reason=str(exc), exit_code=exc.exit_code)
             code = exc.exit_code
@@ -150,11 +153,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.exception("cycle.crashed", reason=f"{type(exc).__name__}: {exc}")
             code = 70
         failures = failures + 1 if code in (1, 70, 75) else 0
-        delay = next_delay(config.poll_interval, failures)
+        delay = next_delay(interval, failures)
         log.info("cycle.done", exit_code=code, next_in=round(delay, 1))
         stop.wait(delay)
     log.info("agent.stopped")
     return 0
+
+
+DEFAULT_POLL_S = 60
 
 
 def next_delay(interval: float, failures: int, rng: random.Random | None = None) -> float:

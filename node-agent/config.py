@@ -26,7 +26,8 @@ class AgentConfig:
     state_dir: Path
     identity_key: Path
     artifact_sources: tuple[str, ...]
-    poll_interval: int
+    # None: follow the fleet's pollInterval from the release applied (60 s before one is).
+    poll_interval: int | None
     heartbeat_interval: int
     log_format: str
 
@@ -70,7 +71,7 @@ def load_config(path: Path) -> AgentConfig:
         state_dir=local(doc["stateDir"]),
         identity_key=local(doc["identityKey"]),
         artifact_sources=tuple(doc.get("artifactSources", ())),
-        poll_interval=parse_duration(doc.get("pollInterval", "60s")),
+        poll_interval=parse_duration(doc["pollInterval"]) if "pollInterval" in doc else None,
         heartbeat_interval=parse_duration(doc.get("heartbeatInterval", "1h")),
         log_format=doc.get("logFormat", "json"),
     )

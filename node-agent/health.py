@@ -437,17 +437,22 @@ def run_onnx_isolated(
         "files": files,
     }
     try:
-        done = subprocess.run(
+        child = subprocess.Popen(
             [sys.executable, "-m", "node_agent.health"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=timeout_s,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return failed(f"got no result within {_seconds_text(timeout_s)}, expected the check to end")
     except OSError as exc:
         return failed(f"got no check process ({exc.strerror}), expected {sys.executable} to run")
+    try:
+        stdout, stderr = child.communicate(json.dumps(request).encode(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        child.communicate()
+        return failed(f"got no result within {_seconds_text(timeout_s)}, expected the check to end")
+    done = subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
     if done.returncode != 0:
         how = (
             f"killed by {signal.Signals(-done.returncode).name}"

@@ -106,6 +106,8 @@ class Journal:
     last_sync: str | None = None
     evaluated: str | None = None
     transfer: dict[str, int] = field(default_factory=lambda: {"bytes": 0, "fullBytes": 0})
+    # The fleet's spec.pollInterval in seconds, from the newest verified release's fleet.yaml.
+    poll_interval: int | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     @property

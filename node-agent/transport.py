@@ -52,6 +52,13 @@ def _git_env(limits: TransportLimits) -> dict[str, str]:
     return env
 
 
+_GIT_ADVICE = (
+    "fatal: Could not read from remote repository",
+    "Please make sure you have the correct access rights",
+    "and the repository exists",
+)
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, git.GitCommandError):
         lines = [
@@ -59,10 +66,11 @@ def _reason(exc: BaseException) -> str:
             for ln in str(exc.stderr or "").splitlines()
             if ln.strip().strip("'")
         ]
-        # git's last `fatal:` line is generic ("Could not read from remote repository"); the
-        # line before it (ssh's "Connection refused", a TLS error) is often the real cause.
-        useful = lines[-2:] if lines else [f"git exited with {exc.status}"]
-        return "; ".join(useful)
+        # git ends with generic advice ("Could not read from remote repository", "Please
+        # make sure you have the correct access rights"); the cause is the line before it:
+        # ssh's "Connection refused", a TLS error, git daemon's "access denied".
+        useful = [ln for ln in lines if not ln.startswith(_GIT_ADVICE)]
+        return "; ".join(useful[-2:]) if useful else f"git exited with {exc.status}"
     return str(exc) or type(exc).__name__
 
 

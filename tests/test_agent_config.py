@@ -68,3 +68,12 @@ def test_scp_style_repo_is_an_ssh_address_not_a_path(
     config.write_text(GOOD.replace("repo: ../fleet.git", "repo: git.example.net:fleet.git"))
     assert main(["check-config", "--config", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["repo"] == "git.example.net:fleet.git"
+
+
+def test_without_a_poll_interval_the_agent_follows_the_fleet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("\n".join(ln for ln in GOOD.splitlines() if "pollInterval" not in ln) + "\n")
+    assert main(["check-config", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pollIntervalSeconds"] is None

@@ -69,6 +69,7 @@ def test_first_install(fleet: LiveFleet) -> None:
         c["kind"] for c in info["checks"]
     } == {"onnx", "hook", "exec"}
     assert activations(node) == ["activated"]
+    assert node.journal()["pollInterval"] == 60  # the fleet's spec.pollInterval, signed
     status = node.run("status", "--json")
     assert status.returncode == 0
     metrics = (node.state / "metrics.prom").read_text()
