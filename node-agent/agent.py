@@ -9,6 +9,7 @@ always knows whether to discard a half-staged bank, re-run a trial, or finish a 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from node_agent.banks import ComponentBanks
@@ -40,7 +42,7 @@ from reconciler.durations import parse_duration
 from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, TrustError
 from reconciler.fleet_repo import FleetRepo, root_chain_file
 from reconciler.git_tree import GitTreeFiles
-from reconciler.node_plan import Desired, desired_components, plan
+from reconciler.node_plan import Desired, choose_patch, desired_components, plan
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
 from reconciler.render import render_node
@@ -76,6 +78,8 @@ class Outcome:
     exit_code: int
     journal: Journal
     checks: list[tuple[str, CheckResult]] = field(default_factory=list)
+    # Whether this cycle staged anything (the journal's `transfer` is the last apply's).
+    staged: bool = False
 
 
 def _error(release: int | None, exc: BaseException, at: datetime) -> dict[str, Any]:
@@ -103,6 +107,7 @@ class Agent:
         self.metrics_path = state / "metrics.prom"
         self.checks: list[tuple[str, CheckResult]] = []
         self.fetched_bytes = 0
+        self.staged = False
 
     def _event(self, event: str, **fields: Any) -> None:
         self.log.info(event, **fields)
@@ -131,9 +136,10 @@ class Agent:
             journal = self.journal_file.load(self.config.node)
             self.checks = []
             self.fetched_bytes = 0
+            self.staged = False
             code = self._cycle(journal)
             self._write_metrics(journal, code)
-            return Outcome(code, journal, self.checks)
+            return Outcome(code, journal, self.checks, self.staged)
 
     def _cycle(self, journal: Journal) -> int:
         recovered = self.recover(journal)
@@ -394,13 +400,16 @@ class Agent:
     def _stage(self, journal: Journal, fetcher: Fetcher, want: Desired, step: Step) -> None:
         assert step.target is not None
         started = time.monotonic()
-        fetched = fetcher.fetch(want.url, want.sha256, want.size)
+        source, transferred = self._patched(journal, fetcher, want)
+        if source is None:
+            fetched = fetcher.fetch(want.url, want.sha256, want.size)
+            source, transferred = fetched.path, transferred + fetched.bytes_transferred
         banks = self.banks(want.name)
         banks.clear(step.target)
         if want.unpack == "tar":
-            banks.stage_tar(step.target, fetched.path)
+            banks.stage_tar(step.target, source)
         else:
-            banks.stage_file(step.target, fetched.path, want.file)
+            banks.stage_file(step.target, source, want.file)
         digest = banks.digest(step.target, want.unpack, want.file)
         if want.unpack != "tar" and digest != want.sha256:
             raise ArtifactUnavailable(
@@ -410,10 +419,11 @@ class Agent:
         journal.components[want.name].banks[step.target] = BankRecord(
             want.artifact, want.sha256, want.file, want.unpack, digest
         )
-        journal.transfer["bytes"] += fetched.bytes_transferred
+        self.staged = True
+        journal.transfer["bytes"] += transferred
         journal.transfer["fullBytes"] += want.size
-        journal.count("downloadedBytes", fetched.bytes_transferred)
-        self.fetched_bytes += fetched.bytes_transferred
+        journal.count("downloadedBytes", transferred)
+        self.fetched_bytes += transferred
         self.journal_file.save(journal)
         self.log.info(
             "stage.done",
@@ -421,9 +431,82 @@ class Agent:
             component=want.name,
             artifact=want.artifact,
             bank=step.target,
-            bytes=fetched.bytes_transferred,
+            bytes=transferred,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _bases(self, journal: Journal, want: Desired) -> dict[str, Path]:
+        """Artifacts this node holds that a patch for `want` may start from, by SHA-256."""
+        bases: dict[str, Path] = {}
+        rec = journal.components.get(want.name)
+        if rec is not None and rec.current is not None and rec.current in rec.banks:
+            bank = rec.banks[rec.current]
+            if bank.unpack == "none":
+                bases[bank.sha256] = self.banks(want.name).path(rec.current) / bank.file
+        cache = self.config.state_dir / "cache"
+        for delta in want.deltas:
+            cached = cache / str(delta.get("from"))
+            if delta.get("from") not in bases and cached.is_file():
+                bases[str(delta["from"])] = cached
+        return bases
+
+    def _patched(
+        self, journal: Journal, fetcher: Fetcher, want: Desired
+    ) -> tuple[Path | None, int]:
+        """The new artifact rebuilt from a base at hand and a patch, verified, in the cache;
+        (None, bytes spent) when no patch applies or one failed, so the caller downloads
+        it in full. A failure is reported in `transfer.deltaFallback`, never silent."""
+        cached = fetcher.cached(want.sha256)
+        if cached is not None:
+            return None, 0
+        bases = self._bases(journal, want)
+        patch = choose_patch(want, {d: str(p) for d, p in bases.items()})
+        if patch is None:
+            return None, 0
+        from reconciler.deltas import DeltaError, apply_patch
+
+        base = bases[str(patch["from"])]
+        spent = 0
+        out = self.config.state_dir / "cache" / f"{want.sha256}.patched"
+        try:
+            fetched = fetcher.fetch(str(patch["url"]), str(patch["sha256"]), int(patch["size"]))
+            spent = fetched.bytes_transferred
+            # The base is checked again right before patching: a bank edited on disk (or a
+            # cache file gone bad) must not produce an artifact from the wrong starting point.
+            got = _sha256_file(base)
+            if got != patch["from"]:
+                raise DeltaError(
+                    f"the base {base.name} has drifted: got SHA-256 {got[:16]}..., expected"
+                    f" {str(patch['from'])[:16]}..."
+                )
+            apply_patch(str(patch["format"]), base, fetched.path, out, want.size)
+            got = _sha256_file(out)
+            if got != want.sha256:
+                raise DeltaError(
+                    f"the patched file has SHA-256 {got[:16]}..., expected {want.sha256[:16]}..."
+                )
+            final = self.config.state_dir / "cache" / want.sha256
+            out.replace(final)
+        except (DeltaError, ArtifactUnavailable, OSError) as exc:
+            out.unlink(missing_ok=True)
+            reason = f"{patch['format']} patch from {str(patch['from'])[:12]}: {exc}"
+            journal.transfer.setdefault("deltaFallback", {})[want.name] = reason
+            self.log.warning("delta.fallback", component=want.name, reason=reason)
+            return None, spent
+        journal.transfer.setdefault("patches", {})[want.name] = {
+            "format": patch["format"],
+            "from": patch["from"],
+            "bytes": int(patch["size"]),
+            "fullBytes": want.size,
+        }
+        self.log.info(
+            "delta.applied",
+            component=want.name,
+            format=patch["format"],
+            bytes=int(patch["size"]),
+            full_bytes=want.size,
+        )
+        return final, spent
 
     def _discard_staging(self, journal: Journal) -> None:
         txn = journal.transaction
@@ -712,3 +795,11 @@ def _no_repo_file(path: str) -> bytes:
 
 def agent_version() -> str:
     return __version__
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

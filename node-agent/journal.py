@@ -105,7 +105,9 @@ class Journal:
     last_error: dict[str, Any] | None = None
     last_sync: str | None = None
     evaluated: str | None = None
-    transfer: dict[str, int] = field(default_factory=lambda: {"bytes": 0, "fullBytes": 0})
+    # The last apply's bytes: `bytes` read from sources, `fullBytes` what full downloads would
+    # have read; `patches` and `deltaFallback` per component when patches were used or failed.
+    transfer: dict[str, Any] = field(default_factory=lambda: {"bytes": 0, "fullBytes": 0})
     # The fleet's spec.pollInterval in seconds, from the newest verified release's fleet.yaml.
     poll_interval: int | None = None
     counters: dict[str, int] = field(default_factory=dict)

@@ -106,3 +106,36 @@ def plan(desired: Mapping[str, Desired], installed: Mapping[str, Installed]) -> 
             action = "keep"
         changes.append(Change(name, action, want, have))
     return changes
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """How one changed component's bytes reach a node: a patch from a base it has, or full."""
+
+    name: str
+    artifact: str
+    full_bytes: int
+    patch: Mapping[str, Any] | None  # the catalog's `deltas` entry used, or None for full
+
+    @property
+    def bytes(self) -> int:
+        return int(self.patch["size"]) if self.patch is not None else self.full_bytes
+
+
+def choose_patch(want: Desired, bases: Mapping[str, str]) -> Mapping[str, Any] | None:
+    """The smallest offered patch whose base the node has; `bases` maps SHA-256 to where."""
+    usable = [d for d in want.deltas if d.get("from") in bases and d["size"] < want.size]
+    return min(usable, key=lambda d: int(d["size"])) if usable else None
+
+
+def transfers(changes: list[Change], bases: Mapping[str, str]) -> list[Transfer]:
+    """For every component to add or change, the bytes it moves: what `edgefleet plan` sums
+    across a fleet and what the agent does. `bases` are the digests the node holds (its
+    banks' artifacts, its cache)."""
+    out: list[Transfer] = []
+    for change in changes:
+        want = change.desired
+        if change.action not in ("add", "change") or want is None:
+            continue
+        out.append(Transfer(change.name, want.artifact, want.size, choose_patch(want, bases)))
+    return out

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class Artifact:
     data: bytes
     file: str
     unpack: str = "none"
+    deltas: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def digest(self) -> str:
@@ -80,6 +81,7 @@ class Artifact:
             "size": len(self.data),
             "url": f"sha256/{self.digest}",
             "unpack": self.unpack,
+            **({"deltas": self.deltas} if self.deltas else {}),
         }
 
 
@@ -123,6 +125,28 @@ class LiveFleet(FleetRepository):
         self.artifacts[ref] = artifact
         (self.store / "sha256" / artifact.digest).write_bytes(data)
         return artifact
+
+    def add_delta(
+        self, ref: str, base_ref: str, patch: bytes | None = None, size: int | None = None
+    ) -> dict[str, Any]:
+        """Offer a patch from `base_ref` to `ref` in the catalog (made with the real
+        `make_patch` unless given), stored by content like an artifact."""
+        from reconciler.deltas import make_patch
+
+        target, base = self.artifacts[ref], self.artifacts[base_ref]
+        made = make_patch(base.data, target.data)
+        data = made.data if patch is None else patch
+        digest = sha256(data)
+        (self.store / "sha256" / digest).write_bytes(data)
+        entry = {
+            "from": base.digest,
+            "format": made.format,
+            "sha256": digest,
+            "size": len(data) if size is None else size,
+            "url": f"sha256/{digest}",
+        }
+        target.deltas.append(entry)
+        return entry
 
     def model(self, version: str, bias: float = 0.5) -> Artifact:
         """An ONNX model y = 2x + bias; the golden output always expects bias 0.5."""

@@ -24,6 +24,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         "rolled-back",
         "got max |diff|",
         "every node converged on release 3",
+        "anomaly-model arrived as a",  # a patch from the model the node ran
     ):
         assert expected in out, expected
     # What the story claims is what the nodes' journals say.
@@ -34,6 +35,8 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "2" in journal["failed"] and "max |diff|" in journal["failed"]["2"]["reason"]
     model = base / "nodes" / "store-0101" / "state" / "components" / "anomaly-model"
     assert str((model / "current").readlink()) == "b"
+    transfer = journal["transfer"]
+    assert transfer["patches"]["anomaly-model"]["bytes"] < transfer["fullBytes"] / 10
     log = (base / "nodes" / "store-0101" / "agent.log").read_text().splitlines()
     assert any(json.loads(line)["event"] == "rollback.done" for line in log)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
 import io
 import shutil
@@ -156,18 +157,19 @@ class Demo:
         )
 
     def store(self, data: bytes) -> str:
-        import hashlib
-
         digest = hashlib.sha256(data).hexdigest()
         (self.artifacts / "sha256").mkdir(parents=True, exist_ok=True)
         (self.artifacts / "sha256" / digest).write_bytes(data)
         return digest
 
-    def add_model(self, version: str, data: bytes, description: str) -> None:
+    def add_model(self, version: str, data: bytes, description: str, base: bytes) -> None:
+        """A new model version in the catalog, offered as a patch from `base` (what most
+        nodes run) as `edgefleet artifacts add --delta-from` would."""
+        from reconciler.deltas import compressed_full_size, make_patch
+
         digest = self.store(data)
-        catalog_path = self.fleet / "artifacts.yaml"
-        catalog = yaml.safe_load(catalog_path.read_text())
-        catalog["spec"]["artifacts"][f"{MODEL}@{version}"] = {
+        patch = make_patch(base, data)
+        entry: dict[str, Any] = {
             "file": "anomaly-model.onnx",
             "sha256": digest,
             "size": len(data),
@@ -175,6 +177,20 @@ class Demo:
             "unpack": "none",
             "description": description,
         }
+        if len(patch.data) < compressed_full_size(data):
+            patch_digest = self.store(patch.data)
+            entry["deltas"] = [
+                {
+                    "from": hashlib.sha256(base).hexdigest(),
+                    "format": patch.format,
+                    "sha256": patch_digest,
+                    "size": len(patch.data),
+                    "url": f"sha256/{patch_digest}",
+                }
+            ]
+        catalog_path = self.fleet / "artifacts.yaml"
+        catalog = yaml.safe_load(catalog_path.read_text())
+        catalog["spec"]["artifacts"][f"{MODEL}@{version}"] = entry
         catalog_path.write_text(yaml.safe_dump(catalog, sort_keys=False))
         fleet_path = self.fleet / "fleet.yaml"
         fleet = yaml.safe_load(fleet_path.read_text())
@@ -263,6 +279,13 @@ def _report(runners: dict[str, Callable[[], Any]]) -> dict[str, Any]:
         _say(f"    {node:<12} exit {code:<3} {state:<12} release {journal.release}  {parts}")
         if outcome.exit_code != 0 and journal.last_error:
             _say(f"    {'':<12} why: {journal.last_error['reason']}")
+        patches = journal.transfer.get("patches") if outcome.staged else None
+        for name, used in (patches or {}).items():
+            full = used["fullBytes"]
+            _say(
+                f"    {'':<12} {name} arrived as a {used['format']} of {used['bytes']:,} bytes"
+                f" instead of {full:,} ({100 * used['bytes'] / full:.1f}% of the full file)"
+            )
         outcomes[node] = outcome
     return outcomes
 
@@ -327,10 +350,14 @@ def run_demo(base: Path) -> int:
 
     demo.step(
         f"release 2: {MODEL}@1.5.0 for every node outside the canary ring, a bad export whose"
-        " scores drift from the golden data"
+        " scores drift from the golden data (offered as a binary patch from 1.3.0)"
     )
+    running = builder.build_model("1.3.0")
     demo.add_model(
-        "1.5.0", _variant_model(builder, "1.5.0", broken=True), "Re-export (bad: scaled layer)."
+        "1.5.0",
+        _variant_model(builder, "1.5.0", broken=True),
+        "Re-export (bad: scaled layer).",
+        running,
     )
     demo.commit(f"{MODEL} 1.5.0")
     demo.release(release_keys)
@@ -339,8 +366,13 @@ def run_demo(base: Path) -> int:
     demo.step("next poll: release 2 failed here, so it is not tried again")
     third = _report(runners)
 
-    demo.step(f"release 3: {MODEL}@1.5.1, the same model exported correctly")
-    demo.add_model("1.5.1", _variant_model(builder, "1.5.1", broken=False), "Re-export, fixed.")
+    demo.step(
+        f"release 3: {MODEL}@1.5.1, the same model exported correctly, offered as a patch from"
+        " 1.3.0"
+    )
+    demo.add_model(
+        "1.5.1", _variant_model(builder, "1.5.1", broken=False), "Re-export, fixed.", running
+    )
     demo.commit(f"{MODEL} 1.5.1: fix the export")
     demo.release(release_keys)
     fourth = _report(runners)
