@@ -9,7 +9,6 @@ always knows whether to discard a half-staged bank, re-run a trial, or finish a 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ from node_agent.metrics import write as write_metrics
 from node_agent.transport import Transport, fingerprint
 
 from reconciler import __version__
+from reconciler.atomic import sha256_file
 from reconciler.durations import parse_duration
 from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, TrustError
 from reconciler.fleet_repo import FleetRepo, root_chain_file
@@ -473,14 +473,14 @@ class Agent:
             spent = fetched.bytes_transferred
             # The base is checked again right before patching: a bank edited on disk (or a
             # cache file gone bad) must not produce an artifact from the wrong starting point.
-            got = _sha256_file(base)
+            got = sha256_file(base)
             if got != patch["from"]:
                 raise DeltaError(
                     f"the base {base.name} has drifted: got SHA-256 {got[:16]}..., expected"
                     f" {str(patch['from'])[:16]}..."
                 )
             apply_patch(str(patch["format"]), base, fetched.path, out, want.size)
-            got = _sha256_file(out)
+            got = sha256_file(out)
             if got != want.sha256:
                 raise DeltaError(
                     f"the patched file has SHA-256 {got[:16]}..., expected {want.sha256[:16]}..."
@@ -795,11 +795,3 @@ def _no_repo_file(path: str) -> bytes:
 
 def agent_version() -> str:
     return __version__
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write beside the target, fsync, rename over it, fsync the folder (power-cut safe)."""
+@contextlib.contextmanager
+def atomic_output(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+    """A file written beside `path` that replaces it only once complete and synced to disk:
+    temp file in the same folder, fsync, rename, fsync of the folder (power-cut safe)."""
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+        with os.fdopen(fd, "wb") as sink:
+            os.fchmod(sink.fileno(), mode)
+            yield sink
+            sink.flush()
+            os.fsync(sink.fileno())
         Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -29,3 +34,17 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    with atomic_output(path, mode) as out:
+        out.write(data)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks: artifacts may be far larger than memory allows."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

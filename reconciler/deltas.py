@@ -41,7 +41,6 @@ import contextlib
 import math
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import IO
 import bsdiff4
 import zstandard
 
+from reconciler.atomic import atomic_output
 from reconciler.errors import EdgeFleetError
 
 FORMATS = ("zstd-patch", "bsdiff4")
@@ -143,7 +143,7 @@ def apply_patch(fmt: str, base: Path, patch: Path, out: Path, max_size: int) -> 
         if fmt not in FORMATS:
             expected = ", ".join(FORMATS)
             raise DeltaError(f"{patch}: got patch format {fmt!r}, expected one of {expected}")
-        with _atomic_output(out) as sink:
+        with atomic_output(out) as sink:
             if fmt == "zstd-patch":
                 _apply_zstd(base, patch, sink, max_size)
             else:
@@ -159,30 +159,6 @@ def _too_large(fmt: str, patch: Path, max_size: int) -> DeltaError:
         f"{fmt} patch {patch}: got more than {max_size} bytes of output,"
         f" expected at most {max_size}"
     )
-
-
-@contextlib.contextmanager
-def _atomic_output(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
-    """A file written beside `path` that replaces it only once complete and synced to disk."""
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            os.fchmod(sink.fileno(), mode)
-            yield sink
-            sink.flush()
-            os.fsync(sink.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp).unlink()
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

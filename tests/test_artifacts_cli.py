@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib.util
 import json
 import random
 import shutil
-import sys
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +18,7 @@ import yaml
 from reconciler.cli import main
 from reconciler.commands import artifacts as artifacts_cmd
 from reconciler.commands.artifacts import version_key
+from reconciler.commands.demo import load_example_builder
 from reconciler.deltas import apply_patch, make_patches
 from reconciler.problems import Problem
 from tests.conftest import EXAMPLE
@@ -32,14 +31,7 @@ V140RC1 = "aaee62bcc3d84bce8211dab5876d4aa2667548f6cb947346361ada6df63b8fb2"
 def builder() -> ModuleType:
     """The example fleet's own `make-artifacts.py`, loaded as a module (as `edgefleet demo`)."""
     pytest.importorskip("onnx")
-    spec = importlib.util.spec_from_file_location(
-        "edgefleet_example_artifacts", EXAMPLE / "make-artifacts.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_example_builder()
 
 
 @cache
@@ -67,8 +59,13 @@ def fleet(tmp_path: Path) -> tuple[Path, Path]:
     """The example fleet and, beside it, a copy of its store: (repo, store)."""
     repo = tmp_path / "fleet"
     shutil.copytree(EXAMPLE, repo, ignore=shutil.ignore_patterns(".store", "__pycache__"))
+    # The example's store is built, not committed (.gitignore): build it as its script does.
     store = tmp_path / "store"
-    shutil.copytree(EXAMPLE / ".store", store)
+    (store / "sha256").mkdir(parents=True)
+    for artifact in builder().build_all().artifacts:
+        path = store / "sha256" / artifact.sha256
+        path.write_bytes(artifact.data)
+        path.chmod(0o444)
     return repo, store
 
 

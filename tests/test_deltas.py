@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from reconciler.commands.demo import load_example_builder
 from reconciler.deltas import (
     FORMATS,
     DeltaError,
@@ -21,7 +20,6 @@ from reconciler.deltas import (
     make_patch,
     make_patches,
 )
-from tests.conftest import EXAMPLE
 
 Pair = tuple[bytes, bytes]
 
@@ -62,13 +60,7 @@ def _tarball(files: list[tuple[str, bytes]]) -> bytes:
 def model_pair() -> Pair:
     """anomaly-model 1.3.0 and 1.4.0-rc1, whose output layer was retrained."""
     pytest.importorskip("onnx")
-    spec = importlib.util.spec_from_file_location(
-        "edgefleet_example_artifacts", EXAMPLE / "make-artifacts.py"
-    )
-    assert spec is not None and spec.loader is not None
-    builder = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = builder
-    spec.loader.exec_module(builder)
+    builder = load_example_builder()
     base: bytes = builder.build_model("1.3.0")
     new: bytes = builder.build_model("1.4.0-rc1")
     return base, new

@@ -35,7 +35,7 @@ from ruamel.yaml.scalarstring import (
 )
 from ruamel.yaml.tokens import CommentToken
 
-from reconciler.atomic import write_atomic
+from reconciler.atomic import sha256_file, write_atomic
 from reconciler.errors import UsageError, ValidationFailed
 from reconciler.fleet_repo import CATALOG_FILE, FLEET_FILE, GROUPS_DIR, NODES_DIR, load_fleet_repo
 from reconciler.problems import Problem, errors
@@ -115,14 +115,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Store:
     root: Path
@@ -149,7 +141,7 @@ class Store:
         digest = sha256_hex(data)
         path = self.path(digest)
         if path.is_file() and not path.is_symlink():
-            if _file_digest(path) == digest:
+            if sha256_file(path) == digest:
                 return digest
             _warn(f"{path}: its content differs from its name (a damaged store); replaced it")
         try:

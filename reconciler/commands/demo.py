@@ -48,7 +48,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _load_builder() -> ModuleType:
+def load_example_builder() -> ModuleType:
     """The example fleet's own artifact builder (`make-artifacts.py`), loaded as a module."""
     script = EXAMPLE / "make-artifacts.py"
     if not script.is_file():
@@ -293,7 +293,7 @@ def _report(runners: dict[str, Callable[[], Any]]) -> dict[str, Any]:
 def run_demo(base: Path) -> int:
     demo = Demo(base)
     _say(f"EdgeFleet demo in {base}")
-    builder = _load_builder()
+    builder = load_example_builder()
     keys = _make_keys(demo)
     demo.step(
         "made ed25519 keys (OpenSSH format): root1, root2, release1, release2, and one per node"
