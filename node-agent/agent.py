@@ -435,64 +435,86 @@ class Agent:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    def _bases(self, journal: Journal, want: Desired) -> dict[str, Path]:
-        """Artifacts this node holds that a patch for `want` may start from, by SHA-256."""
-        bases: dict[str, Path] = {}
+    def _bases(self, journal: Journal, want: Desired) -> dict[str, list[Path]]:
+        """Files this node holds that a patch for `want` may start from, by SHA-256: the
+        running bank's file first, then the cache's copy, so that a bank edited on disk still
+        leaves the cached bytes to patch from."""
+        bases: dict[str, list[Path]] = {}
         rec = journal.components.get(want.name)
         if rec is not None and rec.current is not None and rec.current in rec.banks:
             bank = rec.banks[rec.current]
             if bank.unpack == "none":
-                bases[bank.sha256] = self.banks(want.name).path(rec.current) / bank.file
+                path = self.banks(want.name).path(rec.current) / bank.file
+                bases.setdefault(bank.sha256, []).append(path)
         cache = self.config.state_dir / "cache"
         for delta in want.deltas:
             cached = cache / str(delta.get("from"))
-            if delta.get("from") not in bases and cached.is_file():
-                bases[str(delta["from"])] = cached
+            if cached.is_file():
+                bases.setdefault(str(delta["from"]), []).append(cached)
         return bases
 
     def _patched(
         self, journal: Journal, fetcher: Fetcher, want: Desired
     ) -> tuple[Path | None, int]:
         """The new artifact rebuilt from a base at hand and a patch, verified, in the cache;
-        (None, bytes spent) when no patch applies or one failed, so the caller downloads
-        it in full. A failure is reported in `transfer.deltaFallback`, never silent."""
-        cached = fetcher.cached(want.sha256)
-        if cached is not None:
+        (None, bytes spent) when no patch applies or every try failed, so the caller
+        downloads it in full. A failure is reported in `transfer.deltaFallback`, never
+        silent."""
+        if fetcher.cached(want.sha256) is not None:
             return None, 0
         bases = self._bases(journal, want)
-        patch = choose_patch(want, {d: str(p) for d, p in bases.items()})
+        patch = choose_patch(want, {d: str(p[0]) for d, p in bases.items()})
         if patch is None:
             return None, 0
         from reconciler.deltas import DeltaError, apply_patch
 
-        base = bases[str(patch["from"])]
         spent = 0
+        failures: list[str] = []
         out = self.config.state_dir / "cache" / f"{want.sha256}.patched"
+        final = self.config.state_dir / "cache" / want.sha256
         try:
             fetched = fetcher.fetch(str(patch["url"]), str(patch["sha256"]), int(patch["size"]))
             spent = fetched.bytes_transferred
-            # The base is checked again right before patching: a bank edited on disk (or a
-            # cache file gone bad) must not produce an artifact from the wrong starting point.
-            got = sha256_file(base)
-            if got != patch["from"]:
-                raise DeltaError(
-                    f"the base {base.name} has drifted: got SHA-256 {got[:16]}..., expected"
-                    f" {str(patch['from'])[:16]}..."
-                )
-            apply_patch(str(patch["format"]), base, fetched.path, out, want.size)
-            got = sha256_file(out)
-            if got != want.sha256:
-                raise DeltaError(
-                    f"the patched file has SHA-256 {got[:16]}..., expected {want.sha256[:16]}..."
-                )
-            final = self.config.state_dir / "cache" / want.sha256
-            out.replace(final)
-        except (DeltaError, ArtifactUnavailable, OSError) as exc:
-            out.unlink(missing_ok=True)
-            reason = f"{patch['format']} patch from {str(patch['from'])[:12]}: {exc}"
+        except ArtifactUnavailable as exc:
+            failures.append(
+                "; ".join(f"{src}: {why}" for src, why in exc.reasons.items()) or str(exc)
+            )
+        else:
+            for base in bases[str(patch["from"])]:
+                try:
+                    # Checked again right before patching: a bank edited on disk (or a cache
+                    # file gone bad) must not be the starting point of an artifact.
+                    got = sha256_file(base)
+                    if got != patch["from"]:
+                        raise DeltaError(
+                            f"the base {base} has drifted: got SHA-256 {got[:16]}..., expected"
+                            f" {str(patch['from'])[:16]}..."
+                        )
+                    apply_patch(str(patch["format"]), base, fetched.path, out, want.size)
+                    got = sha256_file(out)
+                    if got != want.sha256:
+                        raise DeltaError(
+                            f"the patched file has SHA-256 {got[:16]}..., expected"
+                            f" {want.sha256[:16]}..."
+                        )
+                    out.replace(final)
+                    break
+                except (DeltaError, OSError) as exc:
+                    out.unlink(missing_ok=True)
+                    failures.append(str(exc))
+            else:
+                failures.append("no base gave the expected bytes")
+        if not final.is_file():
+            reason = f"{patch['format']} patch from {str(patch['from'])[:12]}: " + "; ".join(
+                failures
+            )
             journal.transfer.setdefault("deltaFallback", {})[want.name] = reason
             self.log.warning("delta.fallback", component=want.name, reason=reason)
             return None, spent
+        if failures:
+            journal.transfer.setdefault("deltaFallback", {})[want.name] = (
+                "patched from a second copy of the base after: " + "; ".join(failures)
+            )
         journal.transfer.setdefault("patches", {})[want.name] = {
             "format": patch["format"],
             "from": patch["from"],

@@ -73,6 +73,7 @@ def test_a_drifted_base_falls_back_to_the_full_artifact_and_says_why(
     data = bytearray(running.read_bytes())
     data[5] ^= 0xFF  # someone edited the running bank's file on disk
     running.write_bytes(bytes(data))
+    (node.state / "cache" / fleet.artifacts["firmware@1.0.0"].digest).unlink()  # no 2nd copy
     code, info = node.once()
     assert code == 0, info["_stderr"]
     assert "drifted" in info["transfer"]["deltaFallback"]["firmware"]
@@ -127,3 +128,18 @@ def test_no_base_at_hand_means_a_full_download(fleet: LiveFleet) -> None:
     assert code == 0, info["_stderr"]
     assert "patches" not in info["transfer"] and "deltaFallback" not in info["transfer"]
     assert info["transfer"]["bytes"] == info["transfer"]["fullBytes"]
+
+
+def test_a_drifted_bank_is_patched_from_the_cached_copy_of_its_base(
+    fleet: LiveFleet, node: NodeAgent
+) -> None:
+    delta = fleet.add_delta("firmware@2.0.0", "firmware@1.0.0")
+    fleet.publish()
+    running = node.bank_file("firmware", "firmware.bin")
+    running.write_bytes(running.read_bytes()[:-1])
+    code, info = node.once()
+    assert code == 0, info["_stderr"]
+    assert info["transfer"]["patches"]["firmware"]["bytes"] == delta["size"]
+    assert "drifted" in info["transfer"]["deltaFallback"]["firmware"]
+    assert info["transfer"]["bytes"] == delta["size"]
+    assert firmware_sha(node) == fleet.artifacts["firmware@2.0.0"].digest
