@@ -50,13 +50,12 @@ import json
 import os
 import pstats
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +70,7 @@ from node_agent.agent import Agent  # noqa: E402
 from node_agent.config import load_config  # noqa: E402
 from node_agent.logs import configure  # noqa: E402
 
-from tests.agent_testing import AGENT, LiveFleet, NodeAgent  # noqa: E402
+from tests.agent_testing import AGENT, LiveFleet, NodeAgent, git_daemon  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 SECTION = "bench:agent"
@@ -141,47 +140,6 @@ class Memory:
 
 
 # --- setup ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def git_daemon(base: Path) -> Iterator[int]:
-    """`git daemon` serving every repository under `base` on 127.0.0.1; yields its port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={base}",
-            str(base),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("bench_agent: git daemon did not start listening")
-                time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def converge(node: NodeAgent) -> None:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import resource
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_testing import AGENT, LiveFleet, NodeAgent, tar_bytes
+from tests.agent_testing import AGENT, LiveFleet, NodeAgent, git_daemon, tar_bytes
 from tests.artifact_server import ArtifactServer
 
 
@@ -285,51 +284,16 @@ def test_a_refused_newest_release_is_reported_and_the_newest_valid_one_applied(
     assert info["components"]["settings"]["artifact"] == "settings@1.0.0"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def git_daemon(fleet: LiveFleet) -> Iterator[str]:
-    port = _free_port()
-    base = fleet.origin.parent
-    proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={base}",
-            str(base),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+def daemon_url(fleet: LiveFleet) -> Iterator[str]:
+    with git_daemon(fleet.origin.parent) as port:
         yield f"git://127.0.0.1:{port}/{fleet.origin.name}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
-def test_over_git_daemon_on_loopback(fleet: LiveFleet, git_daemon: str) -> None:
+def test_over_git_daemon_on_loopback(fleet: LiveFleet, daemon_url: str) -> None:
     fleet.standard()
     fleet.publish()
-    node = NodeAgent(fleet, "edge-1", repo_url=git_daemon)
+    node = NodeAgent(fleet, "edge-1", repo_url=daemon_url)
     code, info = node.once()
     assert code == 0, info["_stderr"]
     assert info["release"] == 1
