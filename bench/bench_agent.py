@@ -42,13 +42,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime as dt
 import functools
 import io
 import json
 import os
-import pstats
 import signal
 import subprocess
 import sys
@@ -65,7 +63,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from bench_validate import Timing, machine_info, run_timed, write_section  # noqa: E402
+from bench_validate import (  # noqa: E402
+    Timing,
+    machine_info,
+    profile_rows,
+    run_timed,
+    write_section,
+)
 from node_agent.agent import Agent  # noqa: E402
 from node_agent.config import load_config  # noqa: E402
 from node_agent.logs import configure  # noqa: E402
@@ -224,31 +228,6 @@ def steps(running: RunningAgent, rounds: int) -> list[tuple[str, float]]:
 
 def _metrics(agent: Agent, journal: Any) -> None:
     agent._write_metrics(journal, 0)
-
-
-def profile(running: RunningAgent, cycles: int, limit: int = 12) -> list[str]:
-    """`cycles` no-op cycles under cProfile: the functions with the most own time, per cycle."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(cycles):
-        running.cycle()
-    profiler.disable()
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    entries = stats.stats  # type: ignore[attr-defined]
-    total = sum(own for _, _, own, _, _ in entries.values())
-    rows = []
-    ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)
-    for (file, line, func), (_, calls, own, cumulative, _) in ranked[:limit]:
-        where = f" ({Path(file).name}:{line})" if line else ""
-        rows.append(
-            f"| `{func[:60]}`{where} | {calls / cycles:g} | {own / cycles * 1e3:.2f} |"
-            f" {own / total * 100:.0f}% | {cumulative / cycles * 1e3:.2f} |"
-        )
-    rows.append(
-        f"| all functions (profiled, so slower than timed) | | {total / cycles * 1e3:.2f} |"
-        " 100% | |"
-    )
-    return rows
 
 
 # --- memory --------------------------------------------------------------------------------
@@ -437,7 +416,7 @@ def render_section(
         )
     table = "\n".join(rows)
     where = ""
-    for origin, (step_rows, profile_rows) in breakdown.items():
+    for origin, (step_rows, profiled) in breakdown.items():
         b = timings[origin][B]
         missed = b.best / timings[origin][A].best > TARGET_RATIO
         why = "The target is missed" if missed else "Asked with --profile"
@@ -462,7 +441,7 @@ calls per cycle, ms):
 
 | function | calls | own (ms) | share | cumulative (ms) |
 |---|---:|---:|---:|---:|
-{chr(10).join(profile_rows)}"""
+{chr(10).join(profiled)}"""
     mem_rows = "\n".join(
         f"| {m.label} | {m.rss_mb:.1f} | {m.hwm_mb:.1f} | {m.children} ({m.children_mb:.1f} MB) |"
         f" {'yes' if m.onnx_loaded else 'no'} / {'yes' if m.numpy_loaded else 'no'} |"
@@ -643,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.profile or by_label[B].best / by_label[A].best > TARGET_RATIO:
                     breakdown[origin] = (
                         steps(running[origin], args.rounds),
-                        profile(running[origin], PROFILE_CYCLES),
+                        profile_rows(running[origin].cycle, PROFILE_CYCLES, 12, "ms"),
                     )
             del running  # the in-process agents hold no lock between cycles; drop them anyway
 

@@ -26,16 +26,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
+import io
 import json
 import os
 import platform
+import pstats
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,6 +237,34 @@ interleaved, {repeat} runs each; wall times in seconds.
 - validate / CSafeLoader (libyaml), for honesty: **{ratio_csafe:.2f}x**
 <!-- /{SECTION} -->
 """
+
+
+def profile_rows(
+    job: Callable[[], object], runs: int = 1, limit: int = 10, unit: str = "s"
+) -> list[str]:
+    """`job` run `runs` times under cProfile: the functions with the most own time, as rows of
+    a table `| function | calls | own | share | cumulative |`, per run, in `unit` (s or ms)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(runs):
+        job()
+    profiler.disable()
+    entries = pstats.Stats(profiler, stream=io.StringIO()).stats  # type: ignore[attr-defined]
+    scale, digits = (1e3, 2) if unit == "ms" else (1.0, 3)
+    total = sum(own for _, _, own, _, _ in entries.values())
+    rows = []
+    ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)
+    for (file, line, func), (_, calls, own, cumulative, _) in ranked[:limit]:
+        where = f" ({Path(file).name}:{line})" if line else ""
+        rows.append(
+            f"| `{func[:60]}`{where} | {calls / runs:,g} | {own / runs * scale:.{digits}f} |"
+            f" {own / total * 100:.0f}% | {cumulative / runs * scale:.{digits}f} |"
+        )
+    rows.append(
+        f"| all functions (profiled, so slower than timed) | | {total / runs * scale:.{digits}f}"
+        " | 100% | |"
+    )
+    return rows
 
 
 def write_section(section: str, path: Path = RESULTS, name: str = SECTION) -> None:

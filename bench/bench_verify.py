@@ -34,12 +34,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import cProfile
 import datetime as dt
 import hashlib
-import io
 import json
-import pstats
 import subprocess
 import sys
 import tempfile
@@ -56,6 +53,7 @@ from bench_validate import (  # noqa: E402
     Timing,
     find_edgefleet,
     machine_info,
+    profile_rows,
     run_timed,
     write_section,
 )
@@ -249,27 +247,6 @@ def phases(
     return out
 
 
-def profile(job: Callable[[], object], limit: int = 10) -> list[str]:
-    """One run of `job` under cProfile: the functions with the most own time, as table rows."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    job()
-    profiler.disable()
-    stats = pstats.Stats(profiler, stream=io.StringIO())
-    entries = stats.stats  # type: ignore[attr-defined]
-    total = sum(own for _, _, own, _, _ in entries.values())
-    rows = []
-    ranked = sorted(entries.items(), key=lambda item: item[1][2], reverse=True)
-    for (file, line, func), (_, calls, own, cumulative, _) in ranked[:limit]:
-        where = f" ({Path(file).name}:{line})" if line else ""
-        rows.append(
-            f"| `{func[:60]}`{where} | {calls:,} | {own:.3f} | {own / total * 100:.0f}% |"
-            f" {cumulative:.3f} |"
-        )
-    rows.append(f"| all functions (profiled, so slower than timed) | | {total:.3f} | 100% | |")
-    return rows
-
-
 def render_section(
     timings: dict[str, Timing],
     info: dict[str, str],
@@ -296,7 +273,7 @@ def render_section(
     table = "\n".join(rows)
     where = ""
     if where_time_goes is not None:
-        steps, profile_rows = where_time_goes
+        steps, profiled = where_time_goes
         step_rows = "\n".join(
             f"| {label} | {seconds:.3f} | {seconds / noval.best * 100:.0f}% |"
             for label, seconds in steps
@@ -317,7 +294,7 @@ One run of (b') under cProfile, the functions with the most own time (seconds):
 
 | function | calls | own | share | cumulative |
 |---|---:|---:|---:|---:|
-{chr(10).join(profile_rows)}"""
+{chr(10).join(profiled)}"""
     return f"""<!-- {SECTION} -->
 ## Release verification on {args.nodes:,} nodes and {args.groups} groups
 
@@ -449,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         where_time_goes = None
         if missed or args.profile:
             steps = phases(fleet, paths, pinned, "release/1", message, args.repeat)
-            where_time_goes = (steps, profile(jobs[B_NOVAL]))
+            where_time_goes = (steps, profile_rows(jobs[B_NOVAL]))
 
     section = render_section(
         timings, machine_info(), args, len(paths), size, release_seconds, verdict, where_time_goes

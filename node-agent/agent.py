@@ -146,7 +146,7 @@ class Agent:
         if recovered is not None:
             return recovered
         try:
-            self.transport.sync()
+            tags = self.transport.sync()
         except OriginUnreachable as exc:
             self.log.warning("fetch.unreachable", origin=self.config.repo, reason=str(exc))
             journal.state = "offline"
@@ -154,7 +154,7 @@ class Agent:
             self.journal_file.save(journal)
             return exc.exit_code
         journal.last_sync = format_timestamp(self.clock())
-        seen = fingerprint(self.transport.local_tags())
+        seen = fingerprint(tags)
         if (
             seen == journal.evaluated
             and journal.state in FINAL_STATES

@@ -135,12 +135,12 @@ class Transport:
                 refs[name] = ref.object.hexsha
         return refs
 
-    def sync(self) -> bool:
-        """Bring the local release tags level with the origin's; True when something changed."""
+    def sync(self) -> dict[str, str]:
+        """Bring the local release tags level with the origin's; returns them, name -> id."""
         remote = self.remote_tags()
         local = self.local_tags()
         if remote == local:
-            return False
+            return local
         self.clear_stale_locks()
         try:
             self._git(
@@ -165,7 +165,7 @@ class Transport:
             new=sorted(set(after) - set(local)),
             changed=sorted(n for n in after if n in local and local[n] != after[n]),
         )
-        return True
+        return after
 
     def clear_stale_locks(self) -> None:
         """Remove lock files a git killed mid-fetch left behind (a power cut, `kill -9` of
