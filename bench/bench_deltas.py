@@ -106,8 +106,8 @@ elif op == "make":
     Path(args[2]).write_bytes(patch.data)
     out["format"] = patch.format
 elif op == "make-all":
-    if len(args) > 3:  # a lowered limit, to see that bsdiff4 is skipped above it
-        deltas.BSDIFF_MAX_BYTES = int(args[3])
+    if len(args) > 3:  # a lowered limit, to see that the in-memory formats stop above it
+        deltas.IN_MEMORY_MAX_BYTES = int(args[3])
     patches = deltas.make_patches(Path(args[0]).read_bytes(), Path(args[1]).read_bytes())
     for fmt, data in patches.items():
         Path(args[2] + "." + fmt).write_bytes(data)
@@ -498,13 +498,13 @@ def measure_pair(
     per_format: dict[str, Result] = {}
     for name in deltas.FORMATS:
         if name not in formats:
-            limit = getattr(deltas, "BSDIFF_MAX_BYTES", None)
+            limit = deltas.IN_MEMORY_MAX_BYTES
             why = "not made by `make_patches`"
-            if name == "bsdiff4" and limit is not None:
+            if name in deltas.IN_MEMORY_FORMATS:
                 why = (
-                    f"skipped by `make_patches`: above `BSDIFF_MAX_BYTES` ({limit / 1e6:.0f} MB)"
+                    f"skipped by `make_patches`: above `IN_MEMORY_MAX_BYTES` ({limit / 1e6:.0f} MB)"
                     if max(len(pair.base), len(pair.new)) > limit
-                    else f"not made although under `BSDIFF_MAX_BYTES` ({limit / 1e6:.0f} MB)"
+                    else f"not made although under `IN_MEMORY_MAX_BYTES` ({limit / 1e6:.0f} MB)"
                 )
             per_format[name] = Result(f"EdgeFleet `{name}`", "", None, True, note=why)
             continue
@@ -673,9 +673,9 @@ def zstd_library() -> str:
     return f"{zstandard.__version__} (libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))})"
 
 
-def check_bsdiff_limit(pair: Pair, work: Path) -> str:
-    """`make_patches` on `pair` with `BSDIFF_MAX_BYTES` lowered below its size: which formats
-    it makes (bsdiff4 must be skipped)."""
+def check_in_memory_limit(pair: Pair, work: Path) -> str:
+    """`make_patches` on `pair` with `IN_MEMORY_MAX_BYTES` lowered below its size: which
+    formats it makes (the in-memory ones must be skipped)."""
     work.mkdir(parents=True, exist_ok=True)
     base, new = work / "base", work / "new"
     base.write_bytes(pair.base)
@@ -684,11 +684,12 @@ def check_bsdiff_limit(pair: Pair, work: Path) -> str:
     _, report = worker("make-all", str(base), str(new), str(work / "p"), str(limit))
     formats = list(report["formats"])  # type: ignore[call-overload]
     shutil.rmtree(work)
-    skipped = "bsdiff4" not in formats
+    in_memory = " and ".join(deltas.IN_MEMORY_FORMATS)
+    skipped = not set(deltas.IN_MEMORY_FORMATS) & set(formats)
     return (
-        f"with `BSDIFF_MAX_BYTES` lowered to {limit:,} bytes, `make_patches` on pair "
-        f"{pair.key} ({len(pair.new):,} bytes) made {', '.join(formats)}: bsdiff4 "
-        + ("skipped, as it should be" if skipped else "**made although above the limit**")
+        f"with `IN_MEMORY_MAX_BYTES` lowered to {limit:,} bytes, `make_patches` on pair "
+        f"{pair.key} ({len(pair.new):,} bytes) made {', '.join(formats)}: {in_memory} "
+        + ("skipped, as they should be" if skipped else "**made although above the limit**")
     )
 
 
@@ -896,14 +897,10 @@ zstd 1.5.7, which python-zstandard bundles, splits full 128 KiB blocks before co
   unchanged. The parameter is experimental: pin the library and check the size in a test."""
 
 HINT_FRAMING = """\
-Where a few bytes change in place (pair 3) each format's floor is its framing: zstd needs a
-  sequence in every 128 KiB block (32 blocks here, about 380 bytes), bsdiff4 three bzip2
-  streams (about 150 bytes), while xdelta3's VCDIFF covers the file in one window. A third
-  format closes the gap: HDiffPatch (PyPI `hdiffpatch` 2.6.0) made 49 bytes on pair 3
-  (`compression="none"`; 53 with zstd), 747 on pair 2 and 599 on pair 1 (zstd), and
-  3,103,927 on the 64 MiB pair in 14 s and 400 MB, all round-tripping; its Python `apply`
-  works in memory, so it needs the same `max_size` guard as bsdiff4. Or state the target as
-  "1.05x or at most a few hundred bytes more": 93 bytes are 0.002% of that file."""
+Where a few bytes change in place each format's floor is its framing: zstd needs a
+  sequence in every 128 KiB block, bsdiff4 three bzip2 streams (about 150 bytes), HDiffPatch
+  a header and a cover list (tens of bytes), while xdelta3's VCDIFF covers the file in one
+  window. Compare EdgeFleet's formats above with the anchor to see which framing lost."""
 
 
 def why_missed(results: list[Result], facts: dict[str, object]) -> str:
@@ -956,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
     versions = tool_versions(tools)
     if not tools["/usr/bin/time"]:
         GNU_TIME = None
-    limit = getattr(deltas, "BSDIFF_MAX_BYTES", None)
+    limit = deltas.IN_MEMORY_MAX_BYTES
     pairs = build_pairs(args.large_mb)
     print(f"built {len(pairs)} pairs in {time.perf_counter() - started:.1f} s", flush=True)
 
@@ -970,16 +967,16 @@ def main(argv: list[str] | None = None) -> int:
             measured.append((results, facts))
             sizes = ", ".join(f"{r.method} {r.setting}: {r.size}" for r in results)
             print(f"{pair.key} ({time.perf_counter() - t0:.1f} s): {sizes}", flush=True)
-            if limit is not None and pair.key == "constant":
-                notes.append(check_bsdiff_limit(pair, Path(tmp) / "limit"))
-    if limit is not None:
-        large = pairs[-1]
-        notes.insert(
-            0,
-            f"`BSDIFF_MAX_BYTES` is {limit:,} bytes ({limit / 2**20:.0f} MiB): above it EdgeFleet"
-            f" makes no `bsdiff4` patch; pair 5 ({len(large.new) / 2**20:.0f} MiB) is "
-            + ("under it, so `bsdiff4` was made" if len(large.new) <= limit else "above it"),
-        )
+            if pair.key == "constant":
+                notes.append(check_in_memory_limit(pair, Path(tmp) / "limit"))
+    large = pairs[-1]
+    in_memory = " and ".join(f"`{name}`" for name in deltas.IN_MEMORY_FORMATS)
+    notes.insert(
+        0,
+        f"`IN_MEMORY_MAX_BYTES` is {limit:,} bytes ({limit / 2**20:.0f} MiB): above it EdgeFleet"
+        f" makes no {in_memory} patch; pair 5 ({len(large.new) / 2**20:.0f} MiB) is "
+        + ("under it, so they were made" if len(large.new) <= limit else "above it"),
+    )
     section = render_section(
         pairs, measured, machine_info(), args, notes, versions, time.perf_counter() - started
     )

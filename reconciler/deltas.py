@@ -1,6 +1,6 @@
 """Binary patches between two versions of an artifact: made by `artifacts add`, applied by nodes.
 
-Two formats, because no single one wins every pair (ANCHORS.md, "Deltas, measured"):
+Three formats, because no single one wins every pair (ANCHORS.md, "Deltas, measured"):
 
 * ``zstd-patch``: the new file compressed by zstd with the base as a raw-content dictionary,
   i.e. what ``zstd --patch-from`` does. It wins on archives and on models where a part was
@@ -11,7 +11,16 @@ Two formats, because no single one wins every pair (ANCHORS.md, "Deltas, measure
 * ``bsdiff4``: wins where bytes stay in place and a few change, as with one constant changed in
   a binary (2 MB of random bytes: 168 bytes against 202; ANCHORS.md cites 0.9% against 2%).
   bsdiff holds base, patch and new file in memory together (and far more while diffing: 15.6
-  GB for a 1 GB kernel tarball), so it is made only up to `BSDIFF_MAX_BYTES`.
+  GB for a 1 GB kernel tarball), so it is made only up to `IN_MEMORY_MAX_BYTES`.
+* ``hdiffpatch``: HDiffPatch's compressed diff (``HDIFF13``), through the `hdiffpatch` library:
+  a suffix-array diff like bsdiff's, with covers and a run-length control stream instead of
+  three bzip2 streams, so its framing costs tens of bytes where bsdiff4's costs ~150 and
+  zstd-patch's a sequence per 128 KiB block. It closed the two pairs where the others trailed
+  the best command-line anchor (bench/RESULTS.md): one constant changed in 4 MiB, 49 bytes
+  against 180 (bsdiff4) and xdelta3's 87; a tarball with one file edited, 747 against 911
+  (zstd-patch) and ``zstd --patch-from``'s 761. The diff is made once uncompressed and
+  recompressed with zstd; the smaller is kept (the header names the codec). Like bsdiff4 it
+  applies in memory, so it has the same size cap.
 
 Between unrelated files neither helps: a patch is then about the size of the file, no smaller
 than `compressed_full_size`, and a caller offers a patch only when it beats that.
@@ -47,24 +56,31 @@ from pathlib import Path
 from typing import IO
 
 import bsdiff4
+import hdiffpatch
 import zstandard
 
 from reconciler.atomic import atomic_output
 from reconciler.errors import EdgeFleetError
 
-FORMATS = ("zstd-patch", "bsdiff4")
+# The order breaks ties: the streaming format first.
+FORMATS = ("zstd-patch", "bsdiff4", "hdiffpatch")
 
 # zstd level of patches and of the compressed full file they are compared with.
 ZSTD_LEVEL = 19
 # The chain table of the match finder takes 4 * 2**chain_log bytes while making a patch: 1 GiB
 # here, enough to see the whole base of pairs up to 64 MiB; beyond, patches grow but stay valid.
 ZSTD_MAX_CHAIN_LOG = 28
-# bsdiff needs base + new + patch in memory to apply, and several times that to diff.
-BSDIFF_MAX_BYTES = 256 * 1024**2
+# bsdiff4 and hdiffpatch need base + new + patch in memory to apply, and several times that to
+# diff (bsdiff's suffix array: 17 bytes per base byte; HDiffPatch's about 9).
+IN_MEMORY_MAX_BYTES = 256 * 1024**2
+IN_MEMORY_FORMATS = ("bsdiff4", "hdiffpatch")
 
 _CHUNK = 1024 * 1024
 _BSDIFF_MAGIC = b"BSDIFF40"
 _BSDIFF_HEADER = 32
+_HDIFF_MAGIC = b"HDIFF13&"
+# The codec's name after the magic, NUL-terminated ("zstd", "lzma2", or empty for none).
+_HDIFF_CODEC_MAX = 32
 # Patch bytes decoded per step: at most 32 MiB of output each, whatever the patch says.
 _ZSTD_READ = 1024
 # The largest zstd frame header (magic, descriptor, window, dictionary id, content size).
@@ -108,11 +124,21 @@ def _zstd_patch(base: bytes, new: bytes) -> bytes:
     return zstandard.ZstdCompressor(dict_data=dictionary, compression_params=params).compress(new)
 
 
+def _hdiffpatch(base: bytes, new: bytes) -> bytes:
+    """HDiffPatch's diff, plain or zstd-compressed, whichever is smaller: where a few bytes
+    change the codec's own frame outweighs what it saves."""
+    plain = hdiffpatch.diff(base, new, validate=False)
+    compressed = hdiffpatch.recompress(plain, hdiffpatch.ZStdConfig(level=ZSTD_LEVEL))
+    return compressed if len(compressed) < len(plain) else plain
+
+
 def make_patches(base: bytes, new: bytes) -> dict[str, bytes]:
-    """A patch from `base` to `new` in every format (bsdiff4 only up to `BSDIFF_MAX_BYTES`)."""
+    """A patch from `base` to `new` in every format (the in-memory ones, bsdiff4 and
+    hdiffpatch, only up to `IN_MEMORY_MAX_BYTES`)."""
     patches = {"zstd-patch": _zstd_patch(base, new)}
-    if max(len(base), len(new)) <= BSDIFF_MAX_BYTES:
+    if max(len(base), len(new)) <= IN_MEMORY_MAX_BYTES:
         patches["bsdiff4"] = bsdiff4.diff(base, new)
+        patches["hdiffpatch"] = _hdiffpatch(base, new)
     return patches
 
 
@@ -146,8 +172,10 @@ def apply_patch(fmt: str, base: Path, patch: Path, out: Path, max_size: int) -> 
         with atomic_output(out) as sink:
             if fmt == "zstd-patch":
                 _apply_zstd(base, patch, sink, max_size)
-            else:
+            elif fmt == "bsdiff4":
                 _apply_bsdiff(base, patch, sink, max_size)
+            else:
+                _apply_hdiffpatch(base, patch, sink, max_size)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             out.unlink()
@@ -307,3 +335,54 @@ def _check_bz2(block: bytes, limit: int) -> None:
         raise ValueError(f"got invalid bz2 data ({exc}), expected a bz2 stream") from None
     if decompressor.unused_data:
         raise ValueError("got data after its bz2 stream, expected one stream")
+
+
+def _apply_hdiffpatch(base: Path, patch: Path, sink: IO[bytes], max_size: int) -> None:
+    """Apply in memory, after reading from the header the sizes the patch was made for: the
+    library allocates the new file's declared size, so it must be known to be at most
+    `max_size` first, and a base of another size is refused before any work."""
+    base_bytes = _read(base, "base")
+    patch_bytes = _read(patch, "patch")
+    new_size, old_size = _hdiff_sizes(patch, patch_bytes)
+    if new_size > max_size:
+        raise _too_large("hdiffpatch", patch, max_size)
+    if old_size != len(base_bytes):
+        raise DeltaError(
+            f"hdiffpatch {patch}: got a base of {len(base_bytes)} bytes ({base}),"
+            f" expected {old_size}, the size of the base the patch was made from"
+        )
+    try:
+        new = hdiffpatch.apply(base_bytes, patch_bytes)
+    except (hdiffpatch.HDiffPatchError, ValueError) as exc:
+        raise DeltaError(f"hdiffpatch {patch}: got a corrupt patch ({exc})") from None
+    if len(new) != new_size:
+        raise DeltaError(f"hdiffpatch {patch}: got {len(new)} bytes of output, expected {new_size}")
+    sink.write(new)
+
+
+def _hdiff_sizes(patch: Path, data: bytes) -> tuple[int, int]:
+    """The new and old sizes from an ``HDIFF13`` header: the magic, the codec's name up to a
+    NUL, then HDiffPatch's packed integers (7 bits a byte, most significant first, the top bit
+    set on every byte but the last)."""
+    corrupt = f"hdiffpatch {patch}: got a corrupt patch"
+    if not data.startswith(_HDIFF_MAGIC):
+        raise DeltaError(f"{corrupt}, expected an {_HDIFF_MAGIC.decode()} header")
+    end = data.find(b"\0", len(_HDIFF_MAGIC), len(_HDIFF_MAGIC) + _HDIFF_CODEC_MAX + 1)
+    if end < 0:
+        raise DeltaError(f"{corrupt}, expected a codec name of at most {_HDIFF_CODEC_MAX} bytes")
+    position = end + 1
+    sizes: list[int] = []
+    while len(sizes) < 2:
+        value = 0
+        for count in range(1, 11):
+            if position >= len(data):
+                raise DeltaError(f"{corrupt}, expected the new and old sizes in its header")
+            byte = data[position]
+            position += 1
+            value = (value << 7) | (byte & 0x7F)
+            if not byte & 0x80:
+                break
+            if count == 10:
+                raise DeltaError(f"{corrupt}, expected a size of at most 64 bits in its header")
+        sizes.append(value)
+    return sizes[0], sizes[1]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import bz2
 import hashlib
 import io
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from reconciler import deltas
 from reconciler.commands.demo import load_example_builder
 from reconciler.deltas import (
     FORMATS,
@@ -162,18 +164,28 @@ def test_make_patch_keeps_the_smaller_format(
         smallest = min(len(data) for data in patches.values())
         assert chosen.data == patches[chosen.format], chosen.format
         assert len(chosen.data) == smallest, _sizes(patches, compressed_full_size(pair[1]))
-    # The pairs differ in which format wins (ANCHORS.md: no single format wins every pair).
-    assert make_patch(*model_pair).format == "zstd-patch"
-    assert make_patch(*binary_pair).format == "bsdiff4"
 
 
-def test_identical_files_tie_to_zstd_patch_or_the_smaller() -> None:
+def test_in_memory_formats_stop_at_their_size_cap(
+    monkeypatch: pytest.MonkeyPatch, binary_pair: Pair
+) -> None:
+    """Above `IN_MEMORY_MAX_BYTES` only the streaming zstd-patch is made, even where an
+    in-memory format would be smaller: a node must not hold base and new file together."""
+    base, new = binary_pair
+    monkeypatch.setattr(deltas, "IN_MEMORY_MAX_BYTES", len(new) - 1)
+    assert set(make_patches(base, new)) == {"zstd-patch"}
+    assert make_patch(base, new).format == "zstd-patch"
+    monkeypatch.setattr(deltas, "IN_MEMORY_MAX_BYTES", len(new))
+    assert set(make_patches(base, new)) == set(FORMATS)
+
+
+def test_identical_files_tie_to_the_first_format_or_the_smaller() -> None:
     base = _text(1, 4096)
     patches = make_patches(base, base)
     chosen = make_patch(base, base)
-    assert len(chosen.data) == min(map(len, patches.values()))
-    if len(patches["zstd-patch"]) == len(patches["bsdiff4"]):
-        assert chosen.format == "zstd-patch"
+    smallest = min(map(len, patches.values()))
+    assert len(chosen.data) == smallest
+    assert chosen.format == next(f for f in FORMATS if len(patches[f]) == smallest)
 
 
 def _write(folder: Path, base: bytes, patch: bytes) -> tuple[Path, Path, Path]:
@@ -200,9 +212,16 @@ def test_corrupt_patch_is_refused_and_leaves_no_output(
         corrupt[where + 1] ^= 0x55
         folder = tmp_path / f"at{where}"
         base_file, patch_file, out = _write(folder, base, bytes(corrupt))
-        with pytest.raises(DeltaError, match=r"corrupt|truncated|more than"):
+        try:
             apply_patch(fmt, base_file, patch_file, out, max_size=len(new))
-        assert _leftovers(folder) == set(), f"{fmt} patch flipped at {where}"
+        except DeltaError as exc:
+            assert re.search(r"corrupt|truncated|more than|expected \d+", str(exc)), str(exc)
+            assert _leftovers(folder) == set(), f"{fmt} patch flipped at {where}"
+        else:
+            # Only HDiffPatch's format carries no checksum (zstd frames and bzip2 blocks do): a
+            # flipped data byte decodes into other bytes, which the caller's SHA-256 refuses.
+            assert fmt == "hdiffpatch", f"{fmt} accepted a patch flipped at {where}"
+            assert out.read_bytes() != new, f"{fmt} patch flipped at {where}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -338,4 +357,56 @@ def test_bsdiff4_claiming_more_than_max_size_is_refused(tmp_path: Path) -> None:
     base_file, patch_file, out = _write(tmp_path, b"base", claim)
     with pytest.raises(DeltaError, match="got more than 1000 bytes"):
         apply_patch("bsdiff4", base_file, patch_file, out, max_size=1000)
+    assert _leftovers(tmp_path) == set()
+
+
+def _packed(value: int) -> bytes:
+    """HDiffPatch's packed unsigned integer: 7 bits a byte, most significant first."""
+    groups = [value & 0x7F]
+    value >>= 7
+    while value:
+        groups.append(0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(reversed(groups))
+
+
+def test_hdiffpatch_header_sizes_are_read_as_the_library_writes_them(binary_pair: Pair) -> None:
+    base, new = binary_pair
+    patch = make_patches(base, new)["hdiffpatch"]
+    codec_end = patch.index(b"\0", len(b"HDIFF13&"))
+    assert patch[codec_end + 1 :].startswith(_packed(len(new)) + _packed(len(base)))
+
+
+def test_hdiffpatch_claiming_more_than_max_size_is_refused(tmp_path: Path) -> None:
+    claim = b"HDIFF13&\0" + _packed(2**40) + _packed(4) + b"\0" * 16
+    base_file, patch_file, out = _write(tmp_path, b"base", claim)
+    with pytest.raises(DeltaError, match="got more than 1000 bytes"):
+        apply_patch("hdiffpatch", base_file, patch_file, out, max_size=1000)
+    assert _leftovers(tmp_path) == set()
+
+
+def test_hdiffpatch_made_from_a_base_of_another_size_is_refused(
+    tmp_path: Path, tar_pair: Pair
+) -> None:
+    base, new = tar_pair
+    patch = make_patches(base, new)["hdiffpatch"]
+    base_file, patch_file, out = _write(tmp_path, base + b"drift", patch)
+    with pytest.raises(DeltaError, match=f"expected {len(base)}, the size of the base"):
+        apply_patch("hdiffpatch", base_file, patch_file, out, max_size=len(new))
+    assert _leftovers(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (b"BSDIFF40" + b"\0" * 40, "expected an HDIFF13& header"),
+        (b"HDIFF13&" + b"z" * 64, "expected a codec name of at most"),
+        (b"HDIFF13&zstd\0\x81", "expected the new and old sizes"),
+        (b"HDIFF13&\0" + b"\xff" * 12, "expected a size of at most 64 bits"),
+    ],
+)
+def test_hdiffpatch_malformed_header_is_refused(tmp_path: Path, patch: bytes, message: str) -> None:
+    base_file, patch_file, out = _write(tmp_path, b"base", patch)
+    with pytest.raises(DeltaError, match=message):
+        apply_patch("hdiffpatch", base_file, patch_file, out, max_size=1000)
     assert _leftovers(tmp_path) == set()

@@ -289,7 +289,7 @@ CASES = [
         {"artifacts.yaml": replace(CATALOG, "zstd-patch", "xdelta3")},
         "artifacts.yaml",
         21,
-        'got "xdelta3", expected one of "zstd-patch", "bsdiff4"',
+        'got "xdelta3", expected one of "zstd-patch", "bsdiff4", "hdiffpatch"',
     ),
     Case(
         "wave-selector-and-percent",
