@@ -8,8 +8,9 @@ Three formats, because no single one wins every pair (ANCHORS.md, "Deltas, measu
   (10 245 for the compressed full file); a 1 MB tarball with one file edited 201 against 229
   (full: 355 721). It streams on apply: memory is one copy of the base (the dictionary) and
   one window of output, whatever the size of the new file (102 MB of RSS for a 24 MB pair).
-* ``bsdiff4``: wins where bytes stay in place and a few change, as with one constant changed in
-  a binary (2 MB of random bytes: 168 bytes against 202; ANCHORS.md cites 0.9% against 2%).
+* ``bsdiff4``: beats zstd-patch where bytes stay in place and a few change, as with one
+  constant changed in a binary (2 MB of random bytes: 168 bytes against 202; ANCHORS.md cites
+  0.9% against 2%), though hdiffpatch, below, beats both there.
   bsdiff holds base, patch and new file in memory together (and far more while diffing: 15.6
   GB for a 1 GB kernel tarball), so it is made only up to `IN_MEMORY_MAX_BYTES`.
 * ``hdiffpatch``: HDiffPatch's compressed diff (``HDIFF13``), through the `hdiffpatch` library:

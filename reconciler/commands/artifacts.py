@@ -434,11 +434,15 @@ def _make_deltas(
             continue
         patch = make_patch(old, new)
         size = len(patch.data)
-        if size >= compressed:
-            reason = (
-                f"the {patch.format} patch ({size} bytes) is not smaller than the whole file"
-                f" compressed ({compressed} bytes)"
+        # A node uses a patch only when it is smaller than the artifact it would download
+        # instead (agent.py), so a patch must beat both the file and its compressed size.
+        if size >= min(compressed, len(new)):
+            whole = (
+                f"the whole file compressed ({compressed} bytes)"
+                if compressed <= len(new)
+                else f"the whole file ({len(new)} bytes; compressed it is {compressed})"
             )
+            reason = f"the {patch.format} patch ({size} bytes) is not smaller than {whole}"
             print(f"note: no delta from {base.ref}: {reason}", file=sys.stderr)
             result.not_offered.append(
                 {"from": base.ref, "format": patch.format, "size": size, "reason": reason}
