@@ -13,13 +13,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from node_agent.banks import ComponentBanks
+from node_agent.cli import summary
 from node_agent.config import AgentConfig, ConfigError
 from node_agent.download import Fetcher
 from node_agent.errors import ApplyFailed, ArtifactUnavailable, OriginUnreachable, UnsafeArchive
@@ -34,6 +35,7 @@ from node_agent.journal import (
 )
 from node_agent.metrics import render as render_metrics
 from node_agent.metrics import write as write_metrics
+from node_agent.status_branch import Delivery, StatusBranch, StatusBranchError
 from node_agent.transport import Transport, fingerprint
 
 from reconciler import __version__
@@ -42,11 +44,13 @@ from reconciler.durations import parse_duration
 from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, TrustError
 from reconciler.fleet_repo import FleetRepo, root_chain_file
 from reconciler.git_tree import GitTreeFiles
+from reconciler.keyfiles import load_signing_key
 from reconciler.node_plan import Desired, choose_patch, desired_components, plan
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
 from reconciler.render import render_node
 from reconciler.rollout import in_wave
+from reconciler.status_doc import status_document
 from reconciler.timestamps import format_timestamp, now
 from reconciler.trust_root import TrustRoot, advance_root, load_pinned_root
 from reconciler.verify import verify_for_node
@@ -106,6 +110,9 @@ class Agent:
         self.components_dir = state / "components"
         self.metrics_path = state / "metrics.prom"
         self.checks: list[tuple[str, CheckResult]] = []
+        self._status: StatusBranch | None = None
+        # Set when this cycle found the origin down: status is committed, not pushed.
+        self.origin_down = False
         self.fetched_bytes = 0
         self.staged = False
 
@@ -137,8 +144,10 @@ class Agent:
             self.checks = []
             self.fetched_bytes = 0
             self.staged = False
+            self.origin_down = False
             code = self._cycle(journal)
             self._write_metrics(journal, code)
+            self.report(journal)
             return Outcome(code, journal, self.checks, self.staged)
 
     def _cycle(self, journal: Journal) -> int:
@@ -148,6 +157,7 @@ class Agent:
         try:
             tags = self.transport.sync()
         except OriginUnreachable as exc:
+            self.origin_down = True
             self.log.warning("fetch.unreachable", origin=self.config.repo, reason=str(exc))
             journal.state = "offline"
             journal.last_error = _error(None, exc, self.clock())
@@ -167,6 +177,16 @@ class Agent:
         candidate, refusal = self.decide(journal)
         if refusal is not None:
             journal.count("rejections")
+        if candidate is not None:
+            release = candidate.release
+            journal.target = {
+                "release": release.version,
+                "commit": release.commit,
+                "wave": release.wave,
+                "inWave": True,
+            }
+        elif journal.release is not None and journal.commit is not None:
+            journal.target = {"release": journal.release, "commit": journal.commit}
         if candidate is None:
             journal.evaluated = seen
             if refusal is not None:
@@ -375,6 +395,8 @@ class Agent:
         journal.state = "applying"
         journal.transfer = {"bytes": 0, "fullBytes": 0}
         self.journal_file.save(journal)
+        # Auditors see when each node began a release, not only how it ended.
+        self.report(journal)
         if moving:
             fetcher = self.fetcher(candidate)
             try:
@@ -776,6 +798,50 @@ class Agent:
                 shutil.rmtree(entry)
 
     # --- reporting -----------------------------------------------------------------------
+
+    def status_branch(self, journal: Journal) -> StatusBranch | None:
+        """The node's status branch, or None (logged) when its key cannot sign."""
+        if self._status is None:
+            try:
+                signer = load_signing_key(self.config.identity_key)
+                fleet = self.pinned_root(journal).fleet
+            except EdgeFleetError as exc:
+                self.log.error("status.disabled", reason=str(exc))
+                return None
+            self._status = StatusBranch(
+                self.transport, self.config.node, fleet, signer, self._event
+            )
+        return self._status
+
+    def report(self, journal: Journal) -> Delivery | None:
+        """Commit the node's status to `status/<node>` when it changed (or a heartbeat is
+        due) and push what is queued. Never fails the cycle: a status that cannot be written
+        or delivered now is logged, stays queued, and goes with the next push."""
+        branch = self.status_branch(journal)
+        if branch is None:
+            return None
+        try:
+            if branch.head() is None and not self.origin_down:
+                with suppress(OriginUnreachable):
+                    branch.adopt_origin()
+            doc = status_document(
+                summary(journal, self.config),
+                fleet=branch.fleet,
+                target=journal.target,
+                sequence=1,
+                event="change",
+                observed_at=format_timestamp(self.clock()),
+                poll_interval=self.config.poll_interval or journal.poll_interval or 60,
+                heartbeat_interval=self.config.heartbeat_interval,
+                agent_version=__version__,
+            )
+            branch.record(doc, self.clock(), self.config.heartbeat_interval)
+            if self.origin_down:
+                return Delivery(0, branch.queued(), "the origin did not answer this cycle")
+            return branch.push()
+        except (StatusBranchError, OSError) as exc:
+            self.log.error("status.failed", reason=str(exc))
+            return None
 
     def _write_metrics(self, journal: Journal, code: int) -> None:
         wall = time.time()

@@ -110,6 +110,8 @@ class Journal:
     transfer: dict[str, Any] = field(default_factory=lambda: {"bytes": 0, "fullBytes": 0})
     # The fleet's spec.pollInterval in seconds, from the newest verified release's fleet.yaml.
     poll_interval: int | None = None
+    # The release this node last decided it should run: {release, commit, wave, inWave}.
+    target: dict[str, Any] | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     @property

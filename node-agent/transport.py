@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,19 @@ from typing import Any
 import git
 from node_agent.errors import OriginUnreachable
 
+from reconciler.errors import EdgeFleetError
+
 RELEASE_REFS = "refs/tags/release/*"
 _RELEASE_REF = re.compile(r"^refs/tags/release/[1-9][0-9]{0,17}$")
+
+
+class PushRejected(EdgeFleetError):
+    """The origin answered and refused a push: `behind` when the branch moved there first
+    (non-fast-forward), otherwise a refusal by a hook or a permission."""
+
+    def __init__(self, message: str, behind: bool) -> None:
+        super().__init__(message)
+        self.behind = behind
 
 
 @dataclass(frozen=True)
@@ -166,6 +178,79 @@ class Transport:
             changed=sorted(n for n in after if n in local and local[n] != after[n]),
         )
         return after
+
+    def fetch_ref(self, remote_ref: str, local_ref: str) -> str | None:
+        """The origin's `remote_ref` fetched (depth one) into `local_ref`; None when the origin
+        has no such ref. Raises OriginUnreachable."""
+        try:
+            listed = self._git(
+                "ls-remote",
+                "--refs",
+                self.url,
+                remote_ref,
+                timeout=self.limits.ls_remote_timeout_s,
+            )
+            if not listed.strip():
+                return None
+            self.clear_stale_locks()
+            self._git(
+                "fetch",
+                "--depth=1",
+                "--no-tags",
+                "--no-write-fetch-head",
+                self.url,
+                f"+{remote_ref}:{local_ref}",
+                timeout=self.limits.fetch_timeout_s,
+            )
+        except (git.GitCommandError, OSError) as exc:
+            raise OriginUnreachable(
+                f"{self.url}: fetching {remote_ref} failed ({_reason(exc)})"
+            ) from None
+        sha: str = self.repo.git.rev_parse(local_ref)
+        return sha
+
+    def push(self, ref: str) -> None:
+        """Push the local `ref` to the same name at the origin, fast-forward only.
+
+        Raises OriginUnreachable when the origin does not answer, PushRejected when it refuses.
+        """
+        try:
+            done = subprocess.run(
+                [
+                    "git",
+                    "--git-dir",
+                    str(self.repo.git_dir),
+                    "push",
+                    "--porcelain",
+                    "--quiet",
+                    self.url,
+                    f"{ref}:{ref}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=self.limits.fetch_timeout_s,
+                env={**os.environ, **self.env},
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OriginUnreachable(f"{self.url}: pushing {ref} failed ({exc})") from None
+        if done.returncode == 0:
+            return
+        refused = [ln for ln in done.stdout.splitlines() if ln.startswith("!")]
+        if not refused:
+            detail = "; ".join(ln.strip() for ln in done.stderr.splitlines() if ln.strip())
+            raise OriginUnreachable(
+                f"{self.url}: pushing {ref} failed ({detail or done.returncode})"
+            )
+        why = refused[0].split("\t")[-1]
+        hook = [
+            ln.removeprefix("remote: ").strip()
+            for ln in done.stderr.splitlines()
+            if ln.startswith("remote: ") and ln.strip() != "remote:"
+        ]
+        behind = "[rejected]" in why and ("non-fast-forward" in why or "fetch first" in why)
+        detail = f"{why}: {'; '.join(hook)}" if hook else why
+        raise PushRejected(f"{self.url}: the origin refused {ref} ({detail})", behind=behind)
 
     def clear_stale_locks(self) -> None:
         """Remove lock files a git killed mid-fetch left behind (a power cut, `kill -9` of

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from reconciler import __version__
-from reconciler.commands import artifacts, demo, keys, release, trust
+from reconciler.commands import artifacts, audit, demo, hook, keys, release, status, trust
 from reconciler.errors import EdgeFleetError, ValidationFailed
 from reconciler.problems import Problem, render_problems
 from reconciler.render import render_node
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--format", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 
-    for family in (keys, trust, release, artifacts, demo):
+    for family in (keys, trust, release, artifacts, status, audit, hook, demo):
         family.register(sub, common)
     return parser
 

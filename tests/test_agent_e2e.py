@@ -302,14 +302,18 @@ def test_over_git_daemon_on_loopback(fleet: LiveFleet, daemon_url: str) -> None:
     fleet.publish()
     code, info = node.once()
     assert code == 0 and info["release"] == 2
-    # Only release tags were fetched, at depth one.
+    # Only release tags were fetched, at depth one; the one branch is the node's own status,
+    # queued: this git daemon does not take pushes.
     refs = subprocess.run(
         ["git", "-C", str(node.state / "repo"), "for-each-ref", "--format=%(refname)"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert refs and all(r.startswith("refs/tags/release/") for r in refs)
+    assert {r for r in refs if not r.startswith("refs/tags/release/")} == {
+        "refs/heads/status/edge-1"
+    }
+    assert "status.push_refused" in info["_stderr"] or "status.push_failed" in info["_stderr"]
     assert (node.state / "repo" / "shallow").exists()
 
 

@@ -1,0 +1,227 @@
+"""The fleet at a glance, decided from status branch heads: no I/O.
+
+Each node's shown state is what its signed `status.json` says, unless one of these overrides
+it, in this order:
+
+* ``unreported``: the fleet has the node, but it has no status branch;
+* ``unverified``: the head commit is unsigned, signed by a key other than the node's
+  (`trust/allowed_signers`), or its `status.json` is not a valid status of this node;
+* ``stale``: its newest status is older than its heartbeat interval plus three poll intervals
+  (both from its own status), so a node that stopped reporting is never shown healthy.
+
+A node is counted healthy only when it is shown ``converged``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.keys import PublicKey
+from reconciler.signed_commits import check_commit, parse_commit
+from reconciler.status_doc import STATUS_FILE, StatusInvalid, branch, parse_status
+from reconciler.timestamps import format_timestamp, parse_timestamp
+
+# How many poll intervals past its heartbeat a node may be silent before it is stale.
+STALE_POLLS = 3
+SHOWN_STATES = (
+    "converged",
+    "applying",
+    "deferred",
+    "offline",
+    "rolled-back",
+    "rejected",
+    "new",
+    "stale",
+    "unverified",
+    "unreported",
+)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    node: str
+    shown: str
+    reported: str | None = None
+    release: int | None = None
+    target: int | None = None
+    expected: int | None = None
+    components: dict[str, Any] = field(default_factory=dict)
+    last_error: dict[str, Any] | None = None
+    observed_at: str | None = None
+    age_seconds: float | None = None
+    head: str | None = None
+    signer: str | None = None
+    problem: str | None = None
+    sequence: int | None = None
+
+    @property
+    def healthy(self) -> bool:
+        return self.shown == "converged"
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        out = {_camel(k): v for k, v in data.items()}
+        out["healthy"] = self.healthy
+        return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def stale_after(doc: Mapping[str, Any]) -> int:
+    """Seconds of silence after which this node is stale."""
+    return int(doc["heartbeatInterval"]) + STALE_POLLS * int(doc["pollInterval"])
+
+
+def assess(
+    node: str,
+    *,
+    head: str | None,
+    raw_commit: bytes | None,
+    blob: bytes | None,
+    key: PublicKey | None,
+    fleet: str,
+    expected: int | None,
+    now: datetime,
+) -> NodeStatus:
+    """What to show for one node, from its branch head's commit and `status.json`."""
+    if head is None:
+        return NodeStatus(node, "unreported", expected=expected, problem="no status branch yet")
+    where = f"{branch(node)}@{head[:12]}:{STATUS_FILE}"
+    problem = None
+    signer = None
+    doc: dict[str, Any] | None = None
+    if raw_commit is None:
+        problem = f"{branch(node)}: head {head[:12]} is missing from the repository"
+    elif key is None:
+        problem = f"{node}: no identity in trust/allowed_signers, expected the node's key"
+    else:
+        try:
+            check = check_commit(parse_commit(raw_commit), {node: key})
+        except ValueError as exc:
+            problem = f"{branch(node)}@{head[:12]}: {exc}"
+        else:
+            signer = check.signer
+            if not check.ok:
+                problem = f"{branch(node)}@{head[:12]}: {check.problem}"
+    if blob is None:
+        problem = problem or f"{where}: missing, expected the node's status"
+    else:
+        try:
+            doc = parse_status(blob, where)
+        except StatusInvalid as exc:
+            problem = problem or str(exc)
+    if doc is not None and problem is None:
+        if doc["node"] != node:
+            problem = f"{where}: node: got {doc['node']!r}, expected {node!r}"
+        elif doc["fleet"] != fleet:
+            problem = f"{where}: fleet: got {doc['fleet']!r}, expected {fleet!r}"
+    if doc is None:
+        return NodeStatus(node, "unverified", expected=expected, head=head, problem=problem)
+    observed = parse_timestamp(doc["observedAt"])
+    age = (now - observed).total_seconds()
+    shown = doc["state"]
+    if problem is not None:
+        shown = "unverified"
+    elif age > stale_after(doc):
+        shown = "stale"
+        problem = (
+            f"last report {format_timestamp(observed)}, {span(age)} ago; expected one within"
+            f" {span(stale_after(doc))} (heartbeat + {STALE_POLLS} polls)"
+        )
+    return NodeStatus(
+        node,
+        shown,
+        reported=doc["state"],
+        release=doc["release"],
+        target=(doc.get("target") or {}).get("release"),
+        expected=expected,
+        components=doc["components"],
+        last_error=doc["lastError"],
+        observed_at=doc["observedAt"],
+        age_seconds=age,
+        head=head,
+        signer=signer,
+        problem=problem,
+        sequence=doc["sequence"],
+    )
+
+
+def span(seconds: float) -> str:
+    """A duration as people read it in a table: 45s, 12m, 3.5h, 2.1d."""
+    whole = max(int(seconds), 0)
+    if whole >= 86400:
+        return f"{whole / 86400:.1f}d"
+    if whole >= 3600:
+        return f"{whole / 3600:.1f}h"
+    if whole >= 60:
+        return f"{whole // 60}m"
+    return f"{whole}s"
+
+
+def summarize(rows: list[NodeStatus], expected: int | None) -> dict[str, Any]:
+    """Counts per shown state and per release, and how many run what they should, healthy."""
+    by_state = Counter(r.shown for r in rows)
+    by_release = Counter(str(r.release) if r.release is not None else "none" for r in rows)
+    healthy = [r for r in rows if r.healthy]
+    return {
+        "nodes": len(rows),
+        "expectedRelease": expected,
+        "healthy": len(healthy),
+        "onExpected": sum(1 for r in healthy if expected is None or r.release == expected),
+        "byState": {s: by_state[s] for s in SHOWN_STATES if by_state[s]},
+        "byRelease": dict(sorted(by_release.items(), key=lambda kv: _release_key(kv[0]))),
+    }
+
+
+def _release_key(name: str) -> int:
+    return int(name) if name.isdigit() else -1
+
+
+def render_table(rows: list[NodeStatus], summary: Mapping[str, Any]) -> str:
+    """The text table: one line per node, then the counts."""
+    header = ("NODE", "STATE", "RELEASE", "SHOULD RUN", "LAST REPORT", "COMPONENTS", "LAST ERROR")
+    lines: list[tuple[str, ...]] = [header]
+    for r in rows:
+        components = ", ".join(
+            f"{name}={c.get('artifact') or '-'}" for name, c in sorted(r.components.items())
+        )
+        error = r.problem if r.shown in ("unverified", "stale", "unreported") else None
+        if error is None and r.last_error:
+            error = f"release {r.last_error.get('release')}: {r.last_error.get('reason')}"
+        lines.append(
+            (
+                r.node,
+                r.shown,
+                str(r.release) if r.release is not None else "-",
+                str(r.expected) if r.expected is not None else "-",
+                f"{span(r.age_seconds)} ago" if r.age_seconds is not None else "never",
+                components or "-",
+                _clip(error or "-", 100),
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+    text = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in lines
+    ]
+    states = ", ".join(f"{n} {s}" for s, n in summary["byState"].items()) or "no nodes"
+    releases = ", ".join(f"release {k}: {v}" for k, v in summary["byRelease"].items())
+    text.append("")
+    text.append(
+        f"{summary['nodes']} nodes: {states}; {summary['healthy']} healthy"
+        f" ({summary['onExpected']} on release {summary['expectedRelease']})"
+    )
+    text.append(f"by release: {releases or 'none'}")
+    return "\n".join(text)
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
