@@ -93,9 +93,12 @@ def main_events(
 
 
 def release_events(
-    releases: Sequence[ReleaseTagFacts], release_keys: Mapping[str, PublicKey]
+    releases: Sequence[ReleaseTagFacts],
+    release_keys: Mapping[str, PublicKey],
+    key_names: Mapping[str, str],
 ) -> list[Event]:
-    """Which keys signed each release, each signature checked; a problem when they fall short."""
+    """Which keys signed each release, each signature checked; a problem when they fall short.
+    `key_names` maps key ids to the names people know them by (allowed_signers principals)."""
     events = []
     for facts in releases:
         tag = facts.tag
@@ -116,16 +119,16 @@ def release_events(
                 verified = verify_release(
                     root, envelope, name, Accepted(), _LONG_AGO, target=commit
                 )
-                signers = verified.signers
+                signers = tuple(key_names.get(k, k[:16]) for k in verified.signers)
             except EdgeFleetError as exc:
                 problems.append(str(exc))
-        names = ", ".join(signers) or "no valid key"
+        signed_by = ", ".join(signers) or "no valid key"
         events.append(
             Event(
                 at,
                 "release",
                 f"{name} of commit {commit[:12]} signed by {len(signers)} release key(s)"
-                f" ({names}); tagged by {_name(tag.author)}",
+                f" ({signed_by}); tagged by {_name(tag.author)}",
                 commit,
                 release=facts.version,
                 signer=tag_check.signer,

@@ -212,7 +212,10 @@ def render_table(rows: list[NodeStatus], summary: Mapping[str, Any]) -> str:
         for row in lines
     ]
     states = ", ".join(f"{n} {s}" for s, n in summary["byState"].items()) or "no nodes"
-    releases = ", ".join(f"release {k}: {v}" for k, v in summary["byRelease"].items())
+    releases = ", ".join(
+        f"{'no release' if k == 'none' else f'release {k}'}: {v}"
+        for k, v in summary["byRelease"].items()
+    )
     text.append("")
     text.append(
         f"{summary['nodes']} nodes: {states}; {summary['healthy']} healthy"

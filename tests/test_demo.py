@@ -39,6 +39,24 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert transfer["patches"]["anomaly-model"]["bytes"] < transfer["fullBytes"] / 10
     log = (base / "nodes" / "store-0101" / "agent.log").read_text().splitlines()
     assert any(json.loads(line)["event"] == "rollback.done" for line in log)
+    # The demo ends with the fleet table and the audit timeline, read from the status branches.
+    table = out.split("edgefleet status:", 1)[1].split("edgefleet audit:", 1)[0]
+    status_lines = {
+        cells[0]: cells[1]
+        for cells in (line.split() for line in table.splitlines()[1:])
+        if cells and cells[0] in ("store-0042", "store-0101", "wh-venlo-01")
+    }
+    assert status_lines == dict.fromkeys(("store-0042", "store-0101", "wh-venlo-01"), "converged")
+    assert "store-0101 rolled back release 2 to 1" in out
+    assert "0 problem(s); every signature checked" in out
+    origin = base / "origin.git"
+    branches = subprocess.run(
+        ["git", "--git-dir", str(origin), "for-each-ref", "--format=%(refname)", "refs/heads/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"refs/heads/audit", "refs/heads/status/store-0101"} <= set(branches)
 
 
 def test_demo_refuses_a_folder_that_is_not_empty(tmp_path: Path) -> None:

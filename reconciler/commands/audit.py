@@ -17,7 +17,7 @@ from reconciler.audit_trail import (
     render_text,
     status_events,
 )
-from reconciler.errors import UsageError
+from reconciler.errors import EdgeFleetError, UsageError
 from reconciler.release_tags import principal
 from reconciler.signed_commits import parse_commit, parse_tag
 from reconciler.status_doc import STATUS_FILE
@@ -105,16 +105,15 @@ def collect(repo: StatusRepo, only_node: str | None) -> list[Event]:
         facts.append(ReleaseTagFacts(version, parse_tag(raw), root_json))
         if root_json is not None:
             roots[commit] = root_json
+    key_names = {key.keyid: name for name, key in signers.items()}
     release_keys = {}
     for root_json in roots.values():
         try:
             root = parse_root(root_json)
-        except Exception:
-            continue
-        release_keys.update(
-            {root.keys[k].comment or k[:16]: root.keys[k] for k in root.release.keyids}
-        )
-    events += release_events(facts, release_keys)
+        except EdgeFleetError:
+            continue  # release_events reports a root it cannot read
+        release_keys.update({key_names.get(k, k[:16]): root.keys[k] for k in root.release.keyids})
+    events += release_events(facts, release_keys, key_names)
     heads = status_heads(repo)
     folded = _folded_heads(repo)
     for node in sorted(set(heads) | set(folded)):

@@ -389,6 +389,8 @@ def run_demo(base: Path) -> int:
         f"{'every node converged on release 3' if converged else 'NOT converged'};"
         f" rolled back on release 2: {', '.join(rolled_back) or 'none'}"
     )
+    healthy, verified = _status_and_audit(demo)
+    ok = ok and healthy and verified
     _say()
     _say("Look around:")
     agent = Path(sys.executable).with_name("edgefleet-agent")
@@ -397,9 +399,44 @@ def run_demo(base: Path) -> int:
         f" {base}/nodes/store-0101/agent.yaml"
     )
     _say(f"  git -C {demo.fleet} log --oneline --decorate")
+    _say(f"  git -C {demo.fleet} log --first-parent audit   (one commit per fold)")
+    _say(
+        f"  git -C {demo.fleet} -c gpg.ssh.allowedSignersFile=trust/allowed_signers"
+        " log --show-signature origin/status/store-0101"
+    )
+    _say(f"  edgefleet status --repo {demo.fleet} --format html --out status.html")
     _say(f"  cat {base}/nodes/store-0101/agent.log | head   (JSON lines, one per step)")
     _say(f"  cat {base}/nodes/store-0101/state/metrics.prom")
     return 0 if ok else 1
+
+
+def _status_and_audit(demo: Demo) -> tuple[bool, bool]:
+    """What an operator and an auditor see afterwards, read from the signed status branches
+    the agents pushed: the fleet table, and the timeline with every signature checked."""
+    from reconciler.audit_trail import render_text
+    from reconciler.commands.audit import collect
+    from reconciler.commands.status import fleet_report, fold
+    from reconciler.fleet_status import render_table
+    from reconciler.status_source import fleet_identity, open_status_repo
+
+    repo = open_status_repo(str(demo.fleet))
+    fleet, _, _ = fleet_identity(repo)
+    commit, nodes = fold(repo, fleet, None, now())
+    repo.git("push", "--quiet", "origin", "refs/heads/audit:refs/heads/audit")
+    demo.step(
+        f"edgefleet status: each node's signed status branch (status/<node>), folded into the"
+        f" branch audit at {(commit or '')[:12]}; the demo runs {len(nodes)} of the fleet's nodes,"
+        " the others have never reported"
+    )
+    rows, report = fleet_report(repo, str(demo.fleet))
+    for line in render_table(rows, report["summary"]).splitlines():
+        _say(f"    {line}")
+    demo.step("edgefleet audit: changes, releases and what each node did, signatures checked")
+    events = collect(open_status_repo(str(demo.fleet), fetch=False), None)
+    for line in render_text(events).splitlines():
+        _say(f"    {line}")
+    healthy = all(r.healthy for r in rows if r.node in NODES)
+    return healthy, not any(e.problem for e in events)
 
 
 @contextlib.contextmanager
