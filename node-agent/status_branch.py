@@ -43,6 +43,9 @@ from reconciler.status_doc import (
 )
 from reconciler.timestamps import format_timestamp, now, parse_timestamp
 
+# Commit times come from the node's own clock, which may step back a little (NTP).
+_CLOCK_SLACK_S = 3600
+
 
 class StatusBranchError(Exception):
     """A local git plumbing command failed (a full disk, a damaged repository)."""
@@ -211,6 +214,7 @@ class StatusBranch:
                 if not self._rebuild_on_origin():
                     return Delivery(0, waiting, str(exc))
                 head = self.head()
+                waiting = self.queued()
                 self.transport.push(self.ref)
             except (OriginUnreachable, PushRejected) as again:
                 self.log("status.push_failed", queued=waiting, reason=str(again))
@@ -235,7 +239,16 @@ class StatusBranch:
 
     def _rebuild_on_origin(self) -> bool:
         """Re-make the undelivered commits on top of the origin's head (see the module)."""
-        remote = self.transport.fetch_ref(self.ref, self.pushed_ref)
+        head = self.head()
+        assert head is not None
+        pushed = self._resolve(self.pushed_ref)
+        undelivered = self._git("rev-list", "--reverse", head, *((f"^{pushed}",) if pushed else ()))
+        oldest = self._commit_fields(undelivered.split()[0]) if undelivered else None
+        # The origin's commits from the oldest one not known to be delivered on: enough to tell
+        # which of ours it already has (a node restored from a backup pushed some after it),
+        # without fetching the branch's whole history.
+        since = oldest.committed_at - _CLOCK_SLACK_S if oldest is not None else None
+        remote = self.transport.fetch_ref(self.ref, self.pushed_ref, since=since)
         if remote is None or not self._signed_by_me(remote):
             self.log(
                 "status.foreign_head",
@@ -244,8 +257,6 @@ class StatusBranch:
                 " this node's key; the queue waits",
             )
             return False
-        head = self.head()
-        assert head is not None
         mine = self._git("rev-list", "--reverse", head, f"^{remote}").split()
         parent = remote
         previous = self.document(remote)

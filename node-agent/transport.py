@@ -179,9 +179,10 @@ class Transport:
         )
         return after
 
-    def fetch_ref(self, remote_ref: str, local_ref: str) -> str | None:
-        """The origin's `remote_ref` fetched (depth one) into `local_ref`; None when the origin
-        has no such ref. Raises OriginUnreachable."""
+    def fetch_ref(self, remote_ref: str, local_ref: str, since: int | None = None) -> str | None:
+        """The origin's `remote_ref` fetched into `local_ref`, at depth one, or with every
+        commit made since the Unix time `since`; None when the origin has no such ref. Raises
+        OriginUnreachable."""
         try:
             listed = self._git(
                 "ls-remote",
@@ -195,7 +196,7 @@ class Transport:
             self.clear_stale_locks()
             self._git(
                 "fetch",
-                "--depth=1",
+                "--depth=1" if since is None else f"--shallow-since=@{since}",
                 "--no-tags",
                 "--no-write-fetch-head",
                 self.url,

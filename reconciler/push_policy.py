@@ -61,8 +61,9 @@ class PushFacts(Protocol):
 
 @dataclass(frozen=True)
 class Trust:
-    """Who is who, from the main branch: node ids, their keys, and the release keys."""
+    """Who is who, from the main branch: the fleet, node ids, their keys, the release keys."""
 
+    fleet: str
     nodes: frozenset[str]
     node_keys: Mapping[str, PublicKey]
     release_keys: Mapping[str, PublicKey]
@@ -152,6 +153,13 @@ def _status_update(update: RefUpdate, trust: Trust, facts: PushFacts) -> list[Re
         except StatusInvalid as exc:
             refusals.append(Refusal(update.ref, str(exc)))
             continue
+        if doc["fleet"] != trust.fleet:
+            refusals.append(
+                Refusal(
+                    update.ref,
+                    f"{where}:status.json: fleet: got {doc['fleet']!r}, expected {trust.fleet!r}",
+                )
+            )
         if doc["node"] != node:
             refusals.append(
                 Refusal(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from reconciler.status_source import (
 from reconciler.trust_root import parse_root
 
 USER_VARIABLES = ("EDGEFLEET_USER", "REMOTE_USER")
+MAIN_BRANCHES = ("refs/heads/main", "refs/heads/master")
 
 
 class RepositoryFacts(PushFacts):
@@ -42,8 +44,10 @@ class RepositoryFacts(PushFacts):
         return True
 
     def new_commits(self, update: RefUpdate) -> list[str]:
-        # During pre-receive the refs have not moved yet: --all is what the server had.
-        out = self.repo.git("rev-list", "--reverse", update.new, "--not", "--all")
+        # New to this ref, not to the repository: a commit already on another branch must
+        # still meet this branch's rules before it joins its history.
+        since = () if update.old == ZERO else (f"^{update.old}",)
+        out = self.repo.git("rev-list", "--reverse", update.new, *since)
         return out.decode().split()
 
     def raw_object(self, name: str) -> tuple[str, bytes] | None:
@@ -55,8 +59,14 @@ class RepositoryFacts(PushFacts):
         return None if data is None else (kind, data)
 
 
-def load_trust(repo: StatusRepo) -> Trust:
-    """Node ids, node keys and release keys from the server's main branch."""
+def load_trust(repo: StatusRepo, updates: list[RefUpdate]) -> Trust:
+    """Node ids, node keys and release keys from the server's main branch, or, for the push
+    that creates the repository's first main branch, from the main branch it brings."""
+    if not read_files(repo, repo.main_ref, ["fleet.yaml"]):
+        brought = [u.new for u in updates if u.ref in MAIN_BRANCHES and u.new != ZERO]
+        if not brought:
+            return Trust("", frozenset(), {}, {})
+        repo = replace(repo, main_ref=brought[0])
     fleet, signers, nodes = fleet_identity(repo)
     root_file = read_files(repo, repo.main_ref, ["trust/root.json"]).get("trust/root.json")
     release_keys = {}
@@ -64,7 +74,7 @@ def load_trust(repo: StatusRepo) -> Trust:
         root = parse_root(root_file, f"{repo.main_ref}:trust/root.json")
         release_keys = {root.keys[k].comment or k[:16]: root.keys[k] for k in root.release.keyids}
     node_keys = {n: signers[principal(n, fleet)] for n in nodes if principal(n, fleet) in signers}
-    return Trust(frozenset(nodes), node_keys, release_keys)
+    return Trust(fleet, frozenset(nodes), node_keys, release_keys)
 
 
 def read_updates(text: str) -> list[RefUpdate]:
@@ -90,7 +100,7 @@ def cmd_pre_receive(args: argparse.Namespace) -> int:
         return 1
     if not updates:
         return 0
-    refusals = check_push(user, updates, load_trust(repo), RepositoryFacts(repo))
+    refusals = check_push(user, updates, load_trust(repo, updates), RepositoryFacts(repo))
     for refusal in refusals:
         print(f"edgefleet: refused {refusal}", file=sys.stderr)
     if refusals:
