@@ -173,7 +173,7 @@ def status_events(
         problems: list[str] = []
         check = check_commit(fields, keys)
         if not check.ok:
-            problems.append(f"not signed by {node}: {check.problem}")
+            problems.append(f"status/{node}: not signed by {node}: {check.problem}")
         if len(fields.parents) > 1:
             problems.append("a merge in a status branch, expected a linear history")
         elif expected_parent is not None and fields.parents[:1] != (expected_parent,):
@@ -190,17 +190,25 @@ def status_events(
         if doc is not None:
             if doc["node"] != node:
                 problems.append(f"node: got {doc['node']!r}, expected {node!r}")
+            if previous is None and not fields.parents and doc["sequence"] != 1:
+                problems.append(
+                    f"sequence: got {doc['sequence']}, expected 1 on the branch's first commit"
+                    " (commits are missing)"
+                )
             if previous is not None and doc["sequence"] != previous["sequence"] + 1:
                 problems.append(
                     f"sequence: got {doc['sequence']}, expected {previous['sequence'] + 1}"
                     " (commits are missing)"
                 )
-            for field in ("release", "target"):
+            for field in ("release", "target", "lastError"):
                 value = doc[field]
                 number = value.get("release") if isinstance(value, dict) else value
                 if number is not None and number not in releases:
                     problems.append(f"claims release {number} ({field}), which does not exist")
         kind, text = _transition(node, previous, doc)
+        if kind is None and problems:
+            state = doc["state"] if doc is not None else "unreadable"
+            text = f"{node}: status commit {commit.sha[:12]} ({state})"
         if kind is not None or problems:
             events.append(
                 Event(

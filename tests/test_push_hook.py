@@ -21,24 +21,15 @@ import pytest
 from reconciler.keys import SigningKey
 from reconciler.release import sign_release, tag_message, tag_name, unverified_payload
 from reconciler.release_tags import create_tag
-from reconciler.signed_commits import commit_object, person
-from reconciler.status_doc import commit_message, encode
 from reconciler.timestamps import now
 from tests.agent_testing import LiveFleet, NodeAgent
+from tests.status_testing import git, status_commit
 from tests.trust_testing import git_commit
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
 STATUS_1 = "refs/heads/status/edge-1"
 STATUS_2 = "refs/heads/status/edge-2"
 REFUSED = "edgefleet: refused"
-
-
-def git(git_dir: Path, *args: str, data: bytes | None = None) -> str:
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), *args], input=data, capture_output=True, check=False
-    )
-    assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr.decode()}"
-    return done.stdout.decode().strip()
 
 
 def refs(git_dir: Path) -> dict[str, str]:
@@ -139,28 +130,6 @@ def status_doc(fleet: LiveFleet, node: str) -> dict[str, Any]:
         "pollInterval": 60,
         "heartbeatInterval": 3600,
     }
-
-
-def status_commit(
-    git_dir: Path,
-    doc: dict[str, Any],
-    signer: SigningKey | None,
-    parents: tuple[str, ...] = (),
-) -> str:
-    """A status commit written with git plumbing: signed by `signer`, or unsigned."""
-    blob = git(git_dir, "hash-object", "-w", "--stdin", data=encode(doc))
-    tree = git(git_dir, "mktree", data=f"100644 blob {blob}\tstatus.json\n".encode())
-    author = person(doc["node"], f"{doc['node']}@test-fleet", now())
-    message = commit_message(doc)
-    if signer is not None:
-        raw = commit_object(
-            tree=tree, parents=parents, author=author, message=message, signer=signer
-        )
-    else:
-        lines = [f"tree {tree}", *(f"parent {p}" for p in parents)]
-        raw = ("\n".join([*lines, f"author {author}", f"committer {author}"]) + "\n\n").encode()
-        raw += message.encode()
-    return git(git_dir, "hash-object", "-t", "commit", "-w", "--stdin", data=raw)
 
 
 # --- a node's own status ---------------------------------------------------------------------

@@ -24,11 +24,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.keys import SigningKey
-from reconciler.signed_commits import commit_object, person
-from reconciler.status_doc import commit_message, encode
 from reconciler.timestamps import format_timestamp, now
 from tests.agent_testing import LiveFleet, NodeAgent, git_daemon
+from tests.status_testing import git, put_status
 from tests.trust_testing import git_commit
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
@@ -40,14 +38,6 @@ class Entry:
     sha: str
     parents: tuple[str, ...]
     subject: str
-
-
-def git(git_dir: Path, *args: str, data: bytes | None = None) -> str:
-    done = subprocess.run(
-        ["git", "--git-dir", str(git_dir), *args], input=data, capture_output=True, check=False
-    )
-    assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr.decode()}"
-    return done.stdout.decode().strip()
 
 
 def history(git_dir: Path, ref: str = BRANCH) -> list[Entry]:
@@ -403,23 +393,6 @@ def rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def table_row(table: str, node: str) -> str:
     return next(line for line in table.splitlines() if line.startswith(f"{node} "))
-
-
-def put_status(fleet: LiveFleet, node: str, doc: dict[str, Any], signer: SigningKey | None) -> str:
-    """Write a commit holding `doc` on the origin's status/<node>, as someone with write access
-    to the server's disk could; signed by `signer`, or not at all."""
-    origin = fleet.origin
-    blob = git(origin, "hash-object", "-w", "--stdin", data=encode(doc))
-    tree = git(origin, "mktree", data=f"100644 blob {blob}\tstatus.json\n".encode())
-    author = person(node, f"{node}@test-fleet", now())
-    message = commit_message(doc)
-    if signer is not None:
-        raw = commit_object(tree=tree, parents=(), author=author, message=message, signer=signer)
-    else:
-        raw = f"tree {tree}\nauthor {author}\ncommitter {author}\n\n{message}".encode()
-    commit = git(origin, "hash-object", "-t", "commit", "-w", "--stdin", data=raw)
-    git(origin, "update-ref", f"refs/heads/status/{node}", commit)
-    return commit
 
 
 def as_edge_2(fleet: LiveFleet) -> dict[str, Any]:

@@ -16,21 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.signed_commits import commit_object, person
 from reconciler.status_html import render_html
 from reconciler.timestamps import format_timestamp, parse_timestamp
 from tests.agent_testing import LiveFleet, NodeAgent
+from tests.status_testing import git, put_status
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
 # The forged status claims a report this much older than edge-1's, so sorting by age shows.
 FORGED_LAG = 100
-
-
-def git(repo: Path, *args: str, data: bytes | None = None) -> str:
-    done = subprocess.run(
-        ["git", "-C", str(repo), *args], input=data, capture_output=True, check=True
-    )
-    return done.stdout.decode().strip()
 
 
 def forge_status(fleet: LiveFleet) -> None:
@@ -38,17 +31,7 @@ def forge_status(fleet: LiveFleet) -> None:
     doc = json.loads(git(fleet.origin, "show", "status/edge-1:status.json"))
     observed = parse_timestamp(doc["observedAt"]) - timedelta(seconds=FORGED_LAG)
     doc.update(node="edge-2", observedAt=format_timestamp(observed))
-    blob = git(fleet.origin, "hash-object", "-w", "--stdin", data=json.dumps(doc).encode())
-    tree = git(fleet.origin, "mktree", data=f"100644 blob {blob}\tstatus.json\n".encode())
-    raw = commit_object(
-        tree=tree,
-        parents=(),
-        author=person("edge-2", "edge-2@test-fleet", observed),
-        message="status: converged",
-        signer=fleet.node_keys["edge-1"],
-    )
-    commit = git(fleet.origin, "hash-object", "-t", "commit", "-w", "--stdin", data=raw)
-    git(fleet.origin, "update-ref", "refs/heads/status/edge-2", commit)
+    put_status(fleet, "edge-2", doc, fleet.node_keys["edge-1"], when=observed)
 
 
 class Page(HTMLParser):

@@ -200,7 +200,9 @@ def fold(
         signer=signer,
     )
     commit = repo.git("hash-object", "-t", "commit", "-w", "--stdin", data=raw).decode().strip()
-    repo.git("update-ref", "-m", "edgefleet status fold", LOCAL_AUDIT, commit, base or ZERO)
+    # The local branch's own value, which may lag the origin's fold the new one builds on.
+    current = _resolve(repo, LOCAL_AUDIT)
+    repo.git("update-ref", "-m", "edgefleet status fold", LOCAL_AUDIT, commit, current or ZERO)
     return commit, [node for node, _ in moved]
 
 
@@ -215,13 +217,18 @@ def cmd_fold(args: argparse.Namespace) -> int:
     else:
         shown = ", ".join(nodes[:10]) + (f" and {len(nodes) - 10} more" if len(nodes) > 10 else "")
         print(f"folded {len(nodes)} node(s) into audit at {commit[:12]}: {shown}")
-    if args.push and (
-        commit is not None or _resolve(repo, LOCAL_AUDIT) != _resolve(repo, repo.audit_ref)
-    ):
+    if args.push:
         if repo.audit_ref == LOCAL_AUDIT:
             raise UsageError(f"{args.repo}: is the origin itself; the fold is already in place")
-        repo.git("push", "--quiet", "origin", f"{LOCAL_AUDIT}:{LOCAL_AUDIT}")
-        print("pushed audit to origin")
+        local, remote = _resolve(repo, LOCAL_AUDIT), _resolve(repo, repo.audit_ref)
+        # Only a local fold ahead of the origin's is pushed; one behind is the origin's past.
+        if (
+            local is not None
+            and local != remote
+            and (remote is None or _is_ancestor(repo, remote, local))
+        ):
+            repo.git("push", "--quiet", "origin", f"{LOCAL_AUDIT}:{LOCAL_AUDIT}")
+            print("pushed audit to origin")
     return 0
 
 
