@@ -58,3 +58,14 @@ def put_status(
     commit = status_commit(fleet.origin, doc, signer, (parent,) if parent else (), when)
     git(fleet.origin, "update-ref", f"refs/heads/status/{node}", commit)
     return commit
+
+
+def publish_unhealthy(fleet: LiveFleet) -> int:
+    """The next release, whose app fails its self-test: nodes roll it back."""
+    fleet.app("1.1.0", healthy=False)
+    fleet.use(
+        "app",
+        "app@1.1.0",
+        health=[{"exec": {"argv": ["sh", "bin/selftest"], "timeoutSeconds": 10}}],
+    )
+    return fleet.publish()

@@ -26,7 +26,7 @@ import pytest
 
 from reconciler.keys import PublicKey
 from tests.agent_testing import FLEET_NAME, LiveFleet, NodeAgent
-from tests.status_testing import git, put_status
+from tests.status_testing import git, publish_unhealthy, put_status
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -84,17 +84,6 @@ def fingerprint(key: PublicKey) -> str:
 
 def as_node(doc: dict[str, Any], node: str, **changes: Any) -> dict[str, Any]:
     return {**doc, "node": node, **changes}
-
-
-def publish_unhealthy(fleet: LiveFleet) -> int:
-    """The next release, whose app fails its self-test: nodes roll it back."""
-    fleet.app("1.1.0", healthy=False)
-    fleet.use(
-        "app",
-        "app@1.1.0",
-        health=[{"exec": {"argv": ["sh", "bin/selftest"], "timeoutSeconds": 10}}],
-    )
-    return fleet.publish()
 
 
 def report_again(node: NodeAgent, fleet: LiveFleet, heartbeat: str) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from reconciler.timestamps import format_timestamp, now
 from tests.agent_testing import LiveFleet, NodeAgent, git_daemon
-from tests.status_testing import git, put_status
+from tests.status_testing import git, publish_unhealthy, put_status
 from tests.trust_testing import git_commit
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
@@ -93,16 +93,6 @@ def installed(fleet: LiveFleet) -> NodeAgent:
     code, info = node.once()
     assert code == 0, info["_stderr"]
     return node
-
-
-def publish_unhealthy(fleet: LiveFleet) -> int:
-    fleet.app("1.1.0", healthy=False)
-    fleet.use(
-        "app",
-        "app@1.1.0",
-        health=[{"exec": {"argv": ["sh", "bin/selftest"], "timeoutSeconds": 10}}],
-    )
-    return fleet.publish()
 
 
 def publish_under_signed(fleet: LiveFleet) -> int:
