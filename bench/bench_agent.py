@@ -67,7 +67,8 @@ from bench_validate import (  # noqa: E402
     Timing,
     machine_info,
     profile_rows,
-    run_timed,
+    subprocess_job,
+    timed,
     write_section,
 )
 from node_agent.agent import Agent  # noqa: E402
@@ -175,22 +176,6 @@ class RunningAgent:
 
 
 # --- timing --------------------------------------------------------------------------------
-
-
-def timed(job: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    job()
-    return time.perf_counter() - start
-
-
-def subprocess_job(argv: list[str], label: str) -> Callable[[], float]:
-    def job() -> float:
-        seconds, proc = run_timed(argv)
-        if proc.returncode != 0:
-            sys.exit(f"bench_agent: {label} exited {proc.returncode}:\n{proc.stderr}")
-        return seconds
-
-    return job
 
 
 def steps(running: RunningAgent, rounds: int) -> list[tuple[str, float]]:

@@ -110,6 +110,26 @@ def run_timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]
     return time.perf_counter() - start, proc
 
 
+def timed(job: Callable[[], object]) -> float:
+    """Wall time of one call of `job`, in this process."""
+    start = time.perf_counter()
+    job()
+    return time.perf_counter() - start
+
+
+def subprocess_job(argv: list[str], label: str) -> Callable[[], float]:
+    """A job that runs `argv` and returns its wall time; a failing run stops the benchmark."""
+
+    def job() -> float:
+        seconds, proc = run_timed(argv)
+        if proc.returncode != 0:
+            prog = Path(sys.argv[0]).stem or "bench"
+            sys.exit(f"{prog}: {label} exited {proc.returncode}:\n{proc.stderr}")
+        return seconds
+
+    return job
+
+
 def describe_problems(proc: subprocess.CompletedProcess[str], limit: int = 20) -> str:
     """Return the first problems a failed validate run reported, as readable lines."""
     lines: list[str] = []

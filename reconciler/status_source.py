@@ -99,9 +99,15 @@ def open_status_repo(repo: str, fetch: bool = True) -> StatusRepo:
             git_dir.mkdir(parents=True, exist_ok=True)
             git_run(git_dir, "init", "--bare", "--quiet")
         fetch = True
-    # Reflogs record every value a status ref had: how a rewrite at the origin is noticed.
-    git_run(git_dir, "config", "core.logAllRefUpdates", "always")
-    if fetch:
+    if not fetch:
+        tracking = git_run(git_dir, "for-each-ref", "--count=1", "refs/remotes/origin/status/")
+        own = git_run(git_dir, "for-each-ref", "--count=1", "refs/heads/status/")
+        if own and not tracking:
+            # A server's repository that was itself cloned (it keeps an origin remote).
+            return local_status_repo(git_dir)
+    else:
+        # Reflogs record every value a status ref had: how a rewrite at the origin is noticed.
+        git_run(git_dir, "config", "core.logAllRefUpdates", "always")
         try:
             git_run(git_dir, "fetch", "--quiet", "--no-tags", url, STATUS_FETCH, RELEASE_FETCH)
             listed = git_run(git_dir, "ls-remote", url, *MAIN_CANDIDATES).decode().split("\n")

@@ -452,3 +452,18 @@ def test_status_shows_a_silent_node_as_stale(fleet: LiveFleet, installed: NodeAg
     table = fleet_status(fleet, "table")
     assert "stale" in table_row(table, "edge-2") and "3.0h ago" in table_row(table, "edge-2")
     assert "stale" not in table_row(table, "edge-1")
+
+
+def test_status_without_fetch_reads_a_cloned_servers_own_branches(
+    fleet: LiveFleet, installed: NodeAgent, tmp_path: Path
+) -> None:
+    """A server repository that was itself cloned keeps an `origin` remote; with --no-fetch
+    its own status branches are what there is to read, not empty remote-tracking refs."""
+    mirror = tmp_path / "mirror.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--mirror", str(fleet.origin), str(mirror)],
+        check=True,
+        capture_output=True,
+    )
+    report = json.loads(fleet_status(fleet, "json", "--no-fetch", repo=mirror))
+    assert rows(report)["edge-1"]["shown"] == "converged"
