@@ -809,7 +809,7 @@ class Agent:
                 self.log.error("status.disabled", reason=str(exc))
                 return None
             self._status = StatusBranch(
-                self.transport, self.config.node, fleet, signer, self._event
+                self.transport, self.config.node, fleet, signer, self._event, self.log.warning
             )
         return self._status
 

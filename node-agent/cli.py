@@ -97,7 +97,8 @@ def _print_summary(info: dict[str, Any], as_json: bool) -> None:
         )
     error = info["lastError"]
     if error:
-        print(f"  last error (release {error.get('release')}): {error['reason']}")
+        about = f" (release {error['release']})" if error.get("release") is not None else ""
+        print(f"  last error{about}: {error['reason']}")
 
 
 def cmd_once(args: argparse.Namespace) -> int:

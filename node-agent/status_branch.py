@@ -68,12 +68,15 @@ class StatusBranch:
         fleet: str,
         signer: SigningKey,
         log: Callable[..., Any],
+        warn: Callable[..., Any] | None = None,
     ) -> None:
         self.transport = transport
         self.node = node
         self.fleet = fleet
         self.signer = signer
         self.log = log
+        # A status that cannot be delivered is worth an alert, not just a line.
+        self.warn = warn or log
         self.ref = f"refs/heads/{branch(node)}"
         # The origin's head as last seen: what a push does not need to send again.
         self.pushed_ref = f"refs/remotes/origin/{branch(node)}"
@@ -112,7 +115,7 @@ class StatusBranch:
             return parse_status(raw.stdout, f"{branch(self.node)}@{commit[:12]}:{STATUS_FILE}")
         except StatusInvalid as exc:
             # A document an older agent wrote differently: the next commit is a change.
-            self.log("status.unreadable_head", reason=str(exc))
+            self.warn("status.unreadable_head", reason=str(exc))
             return None
 
     def queued(self) -> int:
@@ -189,7 +192,7 @@ class StatusBranch:
             self._move(remote, None)
             self.log("status.adopted", commit=remote)
         else:
-            self.log(
+            self.warn(
                 "status.foreign_head",
                 commit=remote,
                 reason="the origin's status branch head is not signed by this node's key",
@@ -204,11 +207,11 @@ class StatusBranch:
         try:
             self.transport.push(self.ref)
         except OriginUnreachable as exc:
-            self.log("status.push_failed", queued=waiting, reason=str(exc))
+            self.warn("status.push_failed", queued=waiting, reason=str(exc))
             return Delivery(0, waiting, str(exc))
         except PushRejected as exc:
             if not exc.behind:
-                self.log("status.push_refused", queued=waiting, reason=str(exc))
+                self.warn("status.push_refused", queued=waiting, reason=str(exc))
                 return Delivery(0, waiting, str(exc))
             try:
                 if not self._rebuild_on_origin():
@@ -217,7 +220,7 @@ class StatusBranch:
                 waiting = self.queued()
                 self.transport.push(self.ref)
             except (OriginUnreachable, PushRejected) as again:
-                self.log("status.push_failed", queued=waiting, reason=str(again))
+                self.warn("status.push_failed", queued=waiting, reason=str(again))
                 return Delivery(0, waiting, str(again))
         assert head is not None
         self._git("update-ref", self.pushed_ref, head)
@@ -250,7 +253,7 @@ class StatusBranch:
         since = oldest.committed_at - _CLOCK_SLACK_S if oldest is not None else None
         remote = self.transport.fetch_ref(self.ref, self.pushed_ref, since=since)
         if remote is None or not self._signed_by_me(remote):
-            self.log(
+            self.warn(
                 "status.foreign_head",
                 commit=remote,
                 reason="the origin's status branch moved, and its head is not signed by"

@@ -89,6 +89,7 @@ def assess(
     fleet: str,
     expected: int | None,
     now: datetime,
+    releases: frozenset[int] | None = None,
 ) -> NodeStatus:
     """What to show for one node, from its branch head's commit and `status.json`."""
     if head is None:
@@ -122,6 +123,8 @@ def assess(
             problem = f"{where}: node: got {doc['node']!r}, expected {node!r}"
         elif doc["fleet"] != fleet:
             problem = f"{where}: fleet: got {doc['fleet']!r}, expected {fleet!r}"
+        elif releases is not None and doc["release"] is not None and doc["release"] not in releases:
+            problem = f"{where}: release: got {doc['release']}, a release that does not exist"
     if doc is None:
         return NodeStatus(node, "unverified", expected=expected, head=head, problem=problem)
     observed = parse_timestamp(doc["observedAt"])

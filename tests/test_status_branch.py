@@ -467,3 +467,15 @@ def test_status_without_fetch_reads_a_cloned_servers_own_branches(
     )
     report = json.loads(fleet_status(fleet, "json", "--no-fetch", repo=mirror))
     assert rows(report)["edge-1"]["shown"] == "converged"
+
+
+def test_status_never_counts_a_claim_of_a_release_that_does_not_exist_as_healthy(
+    fleet: LiveFleet, installed: NodeAgent
+) -> None:
+    doc = {**as_edge_2(fleet), "release": 9}
+    put_status(fleet, "edge-2", doc, fleet.node_keys["edge-2"])
+    report = json.loads(fleet_status(fleet, "json"))
+    edge_2 = rows(report)["edge-2"]
+    assert edge_2["shown"] == "unverified" and not edge_2["healthy"]
+    assert "release: got 9, a release that does not exist" in edge_2["problem"]
+    assert report["summary"]["healthy"] == 1

@@ -72,7 +72,8 @@ def load_trust(repo: StatusRepo, updates: list[RefUpdate]) -> Trust:
     release_keys = {}
     if root_file is not None:
         root = parse_root(root_file, f"{repo.main_ref}:trust/root.json")
-        release_keys = {root.keys[k].comment or k[:16]: root.keys[k] for k in root.release.keyids}
+        names = {key.keyid: name for name, key in signers.items()}
+        release_keys = {names.get(k, k[:16]): root.keys[k] for k in root.release.keyids}
     node_keys = {n: signers[principal(n, fleet)] for n in nodes if principal(n, fleet) in signers}
     return Trust(fleet, frozenset(nodes), node_keys, release_keys)
 

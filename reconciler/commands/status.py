@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.atomic import write_atomic
-from reconciler.errors import UsageError
 from reconciler.fleet_status import NodeStatus, assess, render_table, summarize
 from reconciler.keyfiles import load_signing_key
 from reconciler.keys import SigningKey
@@ -64,6 +63,7 @@ def fleet_report(repo: StatusRepo, label: str) -> tuple[list[NodeStatus], dict[s
                 fleet=fleet,
                 expected=expected,
                 now=when,
+                releases=frozenset(releases),
             )
         )
     summary = summarize(rows, expected)
@@ -219,7 +219,8 @@ def cmd_fold(args: argparse.Namespace) -> int:
         print(f"folded {len(nodes)} node(s) into audit at {commit[:12]}: {shown}")
     if args.push:
         if repo.audit_ref == LOCAL_AUDIT:
-            raise UsageError(f"{args.repo}: is the origin itself; the fold is already in place")
+            print(f"{args.repo} is the origin itself: the fold is in place, nothing to push")
+            return 0
         local, remote = _resolve(repo, LOCAL_AUDIT), _resolve(repo, repo.audit_ref)
         # Only a local fold ahead of the origin's is pushed; one behind is the origin's past.
         if (
