@@ -821,9 +821,11 @@ class Agent:
         if branch is None:
             return None
         try:
-            if branch.head() is None and not self.origin_down:
+            head, pushed = branch.refs()
+            if head is None and not self.origin_down:
                 with suppress(OriginUnreachable):
                     branch.adopt_origin()
+                head, pushed = branch.refs()
             doc = status_document(
                 summary(journal, self.config),
                 fleet=branch.fleet,
@@ -835,7 +837,10 @@ class Agent:
                 heartbeat_interval=self.config.heartbeat_interval,
                 agent_version=__version__,
             )
-            branch.record(doc, self.clock(), self.config.heartbeat_interval)
+            made = branch.record(doc, self.clock(), self.config.heartbeat_interval, head)
+            if made is None and head == pushed:
+                # Nothing new and nothing queued: a quiet cycle costs the origin nothing more.
+                return Delivery(0, 0)
             if self.origin_down:
                 return Delivery(0, branch.queued(), "the origin did not answer this cycle")
             return branch.push()

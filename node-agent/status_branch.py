@@ -107,6 +107,14 @@ class StatusBranch:
     def head(self) -> str | None:
         return self._resolve(self.ref)
 
+    def refs(self) -> tuple[str | None, str | None]:
+        """The local head and the origin's head as last pushed, in one git call."""
+        out = self._git(
+            "for-each-ref", "--format=%(refname) %(objectname)", self.ref, self.pushed_ref
+        )
+        found = dict(line.split(" ", 1) for line in out.splitlines())
+        return found.get(self.ref), found.get(self.pushed_ref)
+
     def document(self, commit: str) -> dict[str, Any] | None:
         raw = self._run("cat-file", "blob", f"{commit}:{STATUS_FILE}")
         if raw.returncode != 0:
@@ -144,11 +152,12 @@ class StatusBranch:
 
     # --- recording -------------------------------------------------------------------------
 
-    def record(self, doc: dict[str, Any], now: datetime, heartbeat_interval: int) -> str | None:
-        """Commit `doc` (its `sequence` and `event` are set here) when it differs from the
-        head's document, or as a heartbeat when the head is `heartbeat_interval` old; returns
-        the new commit, or None when neither is due."""
-        head = self.head()
+    def record(
+        self, doc: dict[str, Any], now: datetime, heartbeat_interval: int, head: str | None
+    ) -> str | None:
+        """Commit `doc` (its `sequence` and `event` are set here) on top of `head` when it
+        differs from the head's document, or as a heartbeat when the head is
+        `heartbeat_interval` old; returns the new commit, or None when neither is due."""
         previous = self.document(head) if head else None
         if is_change(previous, doc):
             event = "change"
