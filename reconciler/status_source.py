@@ -46,6 +46,17 @@ class StatusRepo:
     def git(self, *args: str, data: bytes | None = None) -> bytes:
         return git_run(self.git_dir, *args, data=data)
 
+    def resolve(self, ref: str) -> str | None:
+        """The commit `ref` names, or None when there is no such ref."""
+        return resolve(self.git_dir, ref)
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        try:
+            self.git("merge-base", "--is-ancestor", old, new)
+        except GitFailed:
+            return False
+        return True
+
 
 def git_run(git_dir: Path, *args: str, data: bytes | None = None) -> bytes:
     done = subprocess.run(
@@ -128,25 +139,26 @@ def open_status_repo(repo: str, fetch: bool = True) -> StatusRepo:
             capture_output=True,
             check=False,
         )
-    main = "refs/remotes/origin/HEAD" if _has_ref(git_dir, "refs/remotes/origin/HEAD") else "HEAD"
+    main = "refs/remotes/origin/HEAD" if resolve(git_dir, "refs/remotes/origin/HEAD") else "HEAD"
     return StatusRepo(git_dir, "refs/remotes/origin/status/", main, "refs/remotes/origin/audit")
 
 
 def local_status_repo(git_dir: Path) -> StatusRepo:
     """The origin itself (a bare server repository): its own branches are the status."""
-    main = next((r for r in MAIN_CANDIDATES if _has_ref(git_dir, r)), "HEAD")
+    main = next((r for r in MAIN_CANDIDATES if resolve(git_dir, r)), "HEAD")
     return StatusRepo(git_dir, "refs/heads/status/", main, "refs/heads/audit")
 
 
-def _has_ref(git_dir: Path, ref: str) -> bool:
-    return (
-        subprocess.run(
-            ["git", "--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet", ref],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
+def resolve(git_dir: Path, ref: str) -> str | None:
+    done = subprocess.run(
+        ["git", "--git-dir", str(git_dir), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def status_heads(repo: StatusRepo) -> dict[str, str]:

@@ -37,11 +37,7 @@ class RepositoryFacts(PushFacts):
         self.repo = repo
 
     def is_ancestor(self, old: str, new: str) -> bool:
-        try:
-            self.repo.git("merge-base", "--is-ancestor", old, new)
-        except GitFailed:
-            return False
-        return True
+        return self.repo.is_ancestor(old, new)
 
     def new_commits(self, update: RefUpdate) -> list[str]:
         # New to this ref, not to the repository: a commit already on another branch must

@@ -23,7 +23,6 @@ from reconciler.release_tags import principal
 from reconciler.signed_commits import commit_object, person
 from reconciler.status_doc import STATUS_FILE
 from reconciler.status_source import (
-    GitFailed,
     StatusRepo,
     cat_batch,
     fleet_identity,
@@ -121,27 +120,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve(repo: StatusRepo, ref: str) -> str | None:
-    try:
-        return repo.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").decode().strip()
-    except GitFailed:
-        return None
-
-
-def _is_ancestor(repo: StatusRepo, old: str, new: str) -> bool:
-    try:
-        repo.git("merge-base", "--is-ancestor", old, new)
-    except GitFailed:
-        return False
-    return True
-
-
 def fold_base(repo: StatusRepo) -> str | None:
     """The audit branch to build on: the local one when it contains the origin's (a fold not
     pushed yet), else the origin's."""
-    local = _resolve(repo, LOCAL_AUDIT)
-    remote = _resolve(repo, repo.audit_ref) if repo.audit_ref != LOCAL_AUDIT else None
-    if remote is None or (local is not None and _is_ancestor(repo, remote, local)):
+    local = repo.resolve(LOCAL_AUDIT)
+    remote = repo.resolve(repo.audit_ref) if repo.audit_ref != LOCAL_AUDIT else None
+    if remote is None or (local is not None and repo.is_ancestor(remote, local)):
         return local
     return remote
 
@@ -201,7 +185,7 @@ def fold(
     )
     commit = repo.git("hash-object", "-t", "commit", "-w", "--stdin", data=raw).decode().strip()
     # The local branch's own value, which may lag the origin's fold the new one builds on.
-    current = _resolve(repo, LOCAL_AUDIT)
+    current = repo.resolve(LOCAL_AUDIT)
     repo.git("update-ref", "-m", "edgefleet status fold", LOCAL_AUDIT, commit, current or ZERO)
     return commit, [node for node, _ in moved]
 
@@ -221,12 +205,12 @@ def cmd_fold(args: argparse.Namespace) -> int:
         if repo.audit_ref == LOCAL_AUDIT:
             print(f"{args.repo} is the origin itself: the fold is in place, nothing to push")
             return 0
-        local, remote = _resolve(repo, LOCAL_AUDIT), _resolve(repo, repo.audit_ref)
+        local, remote = repo.resolve(LOCAL_AUDIT), repo.resolve(repo.audit_ref)
         # Only a local fold ahead of the origin's is pushed; one behind is the origin's past.
         if (
             local is not None
             and local != remote
-            and (remote is None or _is_ancestor(repo, remote, local))
+            and (remote is None or repo.is_ancestor(remote, local))
         ):
             repo.git("push", "--quiet", "origin", f"{LOCAL_AUDIT}:{LOCAL_AUDIT}")
             print("pushed audit to origin")
