@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -11,16 +12,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from reconciler import __version__
-from reconciler.commands import artifacts, audit, demo, hook, keys, release, status, trust
 from reconciler.errors import EdgeFleetError, ValidationFailed
 from reconciler.problems import Problem, render_problems
-from reconciler.render import render_node
-from reconciler.validate import load_for_node, open_directory, validate_directory
 
 Handler = Callable[[argparse.Namespace], int]
+# Each command family's module, by the commands it adds. Only the family a command line names
+# is imported: `edgefleet status` in a CI loop should not pay for git, sigstore or onnx.
+FAMILIES = {
+    "keys": "keys",
+    "trust": "trust",
+    "release": "release",
+    "verify": "release",
+    "artifacts": "artifacts",
+    "status": "status",
+    "audit": "audit",
+    "hook": "hook",
+    "demo": "demo",
+}
 
 
 def _shown_under(base: str, problems: Sequence[Problem]) -> list[Problem]:
@@ -29,6 +38,8 @@ def _shown_under(base: str, problems: Sequence[Problem]) -> list[Problem]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.validate import validate_directory
+
     report = validate_directory(Path(args.dir))
     problems = _shown_under(args.dir, report.problems)
     text = render_problems(problems, args.format)
@@ -41,6 +52,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import yaml
+
+    from reconciler.render import render_node
+    from reconciler.validate import load_for_node, open_directory
+
     files = open_directory(Path(args.repo))
     try:
         repo = load_for_node(files, args.node)
@@ -54,7 +70,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only the command family it names (all when it names none)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--verbose",
@@ -90,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--format", choices=["yaml", "json"], default="yaml")
     render.set_defaults(func=cmd_render)
 
-    for family in (keys, trust, release, artifacts, status, audit, hook, demo):
-        family.register(sub, common)
+    named = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    if named in ("validate", "render"):
+        wanted = []
+    elif named in FAMILIES:
+        wanted = [FAMILIES[named]]
+    else:
+        # `--help`, a typo: every command, so that help and "invalid choice" list them all.
+        wanted = list(dict.fromkeys(FAMILIES.values()))
+    for name in wanted:
+        importlib.import_module(f"reconciler.commands.{name}").register(sub, common)
     return parser
 
 
@@ -127,7 +152,8 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(argv, build_parser())
+    args = sys.argv[1:] if argv is None else argv
+    return run(args, build_parser(args))
 
 
 if __name__ == "__main__":

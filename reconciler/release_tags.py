@@ -18,6 +18,7 @@ import git
 from reconciler import sshsig
 from reconciler.errors import UsageError
 from reconciler.keys import PublicKey, SigningKey
+from reconciler.status_source import principal
 from reconciler.trust_root import TrustRoot
 
 _VERSION = re.compile(r"^release/([1-9][0-9]{0,17})$")
@@ -75,11 +76,6 @@ def create_tag(
     except git.GitCommandError:
         raise UsageError(f"tag {name} already exists; releases are never re-signed") from None
     return sha
-
-
-def principal(name: str, fleet: str) -> str:
-    clean = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-") or "key"
-    return f"{clean}@{fleet}"
 
 
 def allowed_signers(root: TrustRoot, nodes: Mapping[str, PublicKey] | None = None) -> str:

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import EdgeFleetError
-from reconciler.schema_check import schema_errors
 
 STATUS_FILE = "status.json"
 STATUS_SCHEMA = "status.json"
@@ -124,6 +123,10 @@ class StatusInvalid(EdgeFleetError):
 
 def parse_status(data: bytes, where: str) -> dict[str, Any]:
     """A status document checked against its schema; StatusInvalid names `where` and the field."""
+    # Imported here: jsonschema is a fifth of `edgefleet status`'s start-up, and a run whose
+    # verdicts are all cached never parses a status.
+    from reconciler.schema_check import schema_errors
+
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler.errors import UsageError
-from reconciler.keys import KeyError_, PublicKey
 from reconciler.yaml_loader import load_yaml
+
+if TYPE_CHECKING:
+    from reconciler.keys import PublicKey
 
 STATUS_FETCH = "+refs/heads/status/*:refs/remotes/origin/status/*"
 RELEASE_FETCH = "+refs/tags/release/*:refs/tags/release/*"
@@ -78,9 +82,13 @@ def _is_local(repo: str) -> bool:
     return "://" not in repo and ":" not in repo.split("/", 1)[0]
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgefleet" / "remotes"
+    return Path(base) / "edgefleet"
+
+
+def cache_dir() -> Path:
+    return cache_root() / "remotes"
 
 
 def open_status_repo(repo: str, fetch: bool = True) -> StatusRepo:
@@ -192,25 +200,41 @@ def cat_batch(repo: StatusRepo, names: Sequence[str]) -> list[bytes | None]:
     return found
 
 
-def allowed_keys(text: str, where: str) -> dict[str, PublicKey]:
-    """principal -> key from an OpenSSH allowed_signers file (options other than
-    `namespaces` are not used by EdgeFleet's generated file, and lines with them are kept)."""
-    keys: dict[str, PublicKey] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+def allowed_signers(text: str) -> dict[str, str]:
+    """principal -> key line (`ssh-ed25519 AAAA...`) from an OpenSSH allowed_signers file
+    (options other than `namespaces` are not used by EdgeFleet's generated file, and lines
+    with them are kept). The keys are parsed by whoever checks a signature with them."""
+    keys: dict[str, str] = {}
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        principals, _, rest = line.partition(" ")
-        key_part = rest
+        principals, _, key_part = line.partition(" ")
         while key_part and not key_part.startswith("ssh-"):
             # Options such as namespaces="git" come before the key.
             key_part = key_part.partition(" ")[2]
+        if key_part:
+            for principal in principals.split(","):
+                keys[principal] = key_part
+    return keys
+
+
+def principal(name: str, fleet: str) -> str:
+    """The name a key has in `trust/allowed_signers`: `<node or key name>@<fleet>`."""
+    clean = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-") or "key"
+    return f"{clean}@{fleet}"
+
+
+def public_keys(signers: dict[str, str], where: str) -> dict[str, PublicKey]:
+    """The keys of `allowed_signers` as keys, leaving out lines that hold no valid key."""
+    from reconciler.keys import KeyError_, PublicKey
+
+    keys: dict[str, PublicKey] = {}
+    for principal, line in signers.items():
         try:
-            key = PublicKey.from_openssh(key_part, f"{where}:{number}")
+            keys[principal] = PublicKey.from_openssh(line, f"{where}: {principal}")
         except KeyError_:
             continue
-        for principal in principals.split(","):
-            keys[principal] = key
     return keys
 
 
@@ -238,9 +262,9 @@ def node_files(repo: StatusRepo, rev: str) -> list[str]:
 SIGNERS = "trust/allowed_signers"
 
 
-def fleet_identity(repo: StatusRepo) -> tuple[str, dict[str, PublicKey], list[str]]:
-    """The fleet's name, its allowed signers (principal -> key) and its node ids, from the
-    main branch head."""
+def fleet_identity(repo: StatusRepo) -> tuple[str, dict[str, str], list[str]]:
+    """The fleet's name, its allowed signers (principal -> key line) and its node ids, from
+    the main branch head."""
     files = read_files(repo, repo.main_ref, ["fleet.yaml", SIGNERS])
     if "fleet.yaml" not in files:
         raise UsageError(
@@ -248,7 +272,7 @@ def fleet_identity(repo: StatusRepo) -> tuple[str, dict[str, PublicKey], list[st
         )
     loaded = load_yaml(files["fleet.yaml"], f"{repo.main_ref}:fleet.yaml")
     fleet = str(((loaded.data or {}).get("metadata") or {}).get("name", ""))
-    signers = allowed_keys(files.get(SIGNERS, b"").decode(errors="replace"), SIGNERS)
+    signers = allowed_signers(files.get(SIGNERS, b"").decode(errors="replace"))
     return fleet, signers, node_files(repo, repo.main_ref)
 
 

@@ -18,6 +18,15 @@ D3 = "3" * 64
 D4 = "4" * 64
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own $XDG_CACHE_HOME (fetched remotes, status verdicts), for the commands it
+    runs in-process and as subprocesses: nothing leaks between tests or into the home folder."""
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
 def ssh_public_key(comment: str) -> str:
     """A real OpenSSH ed25519 public key line, made now."""
     key = Ed25519PrivateKey.generate().public_key()

@@ -354,7 +354,9 @@ def test_a_node_restored_from_a_backup_remakes_its_queue_on_the_origins_head(
     assert entries[: len(published)] == published
     added = [status_at(fleet.origin, e.sha) for e in entries[len(published) :]]
     # Only what the restored node did since is new: what the origin already had is not re-made.
-    assert [(d["state"], d["release"]) for d in added] == [("applying", 1), ("converged", 2)]
+    assert [(d["state"], d["release"]) for d in added] == [("applying", 1), ("converged", 2)], info[
+        "_stderr"
+    ]
     observed = [status_at(fleet.origin, e.sha)["observedAt"] for e in entries]
     assert observed == sorted(observed)
     assert_chained(entries, fleet.origin)
@@ -467,6 +469,99 @@ def test_status_without_fetch_reads_a_cloned_servers_own_branches(
     )
     report = json.loads(fleet_status(fleet, "json", "--no-fetch", repo=mirror))
     assert rows(report)["edge-1"]["shown"] == "converged"
+
+
+def verdict_file(cache: Path) -> Path:
+    files = sorted((cache / "edgefleet" / "verdicts").glob("*.json"))
+    assert len(files) == 1, files
+    return files[0]
+
+
+def comparable(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without what moves with the clock between two runs."""
+    nodes = [{k: v for k, v in n.items() if k != "ageSeconds"} for n in report["nodes"]]
+    return {**{k: v for k, v in report.items() if k != "generatedAt"}, "nodes": nodes}
+
+
+def test_cached_verdicts_never_vouch_for_a_head_they_were_not_made_for(
+    fleet: LiveFleet, installed: NodeAgent, own_cache: Path
+) -> None:
+    cold = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    cached = json.loads(verdict_file(own_cache).read_text())["verdicts"]
+    edge_1 = rows(cold)["edge-1"]
+    assert [name.split()[:2] for name in cached] == [["edge-1", edge_1["head"]]]
+    warm = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    assert comparable(warm) == comparable(cold)
+
+    genuine = put_status(fleet, "edge-2", as_edge_2(fleet), fleet.node_keys["edge-2"])
+    assert (
+        rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]["shown"]
+        == "converged"
+    )
+    # A head the cache vouched for is replaced by a forgery: a new head, checked afresh.
+    forged = put_status(fleet, "edge-2", as_edge_2(fleet), fleet.node_keys["edge-1"])
+    edge_2 = rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]
+    assert edge_2["shown"] == "unverified" and edge_2["head"] == forged
+    assert "expected one by edge-2" in edge_2["problem"]
+    # The cache holds the heads of the last run only: the genuine head's verdict is gone.
+    heads = {
+        name.split()[1] for name in json.loads(verdict_file(own_cache).read_text())["verdicts"]
+    }
+    assert heads == {edge_1["head"], forged}
+    git(fleet.origin, "update-ref", "refs/heads/status/edge-2", genuine)
+    assert (
+        rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]["shown"]
+        == "converged"
+    )
+
+
+def test_a_verdict_is_made_again_for_another_key(
+    fleet: LiveFleet, installed: NodeAgent, own_cache: Path
+) -> None:
+    """A key changed in trust/allowed_signers is a new cache key: a head signed by the old key
+    is not taken on the old verdict."""
+    from reconciler.commands.status import head_verdicts
+    from reconciler.status_source import local_status_repo, status_heads
+
+    repo = local_status_repo(fleet.origin)
+    heads = status_heads(repo)
+    own = {"edge-1": fleet.node_keys["edge-1"].public.openssh()}
+    assert head_verdicts(repo, heads, own)["edge-1"].problem is None
+    other = {"edge-1": fleet.node_keys["edge-2"].public.openssh()}
+    verdict = head_verdicts(repo, heads, other)["edge-1"]
+    assert verdict.problem is not None and "expected one by edge-1" in verdict.problem
+    assert head_verdicts(repo, heads, own)["edge-1"].problem is None
+
+
+def test_status_recheck_ignores_the_cache_and_a_broken_cache_is_rebuilt(
+    fleet: LiveFleet, installed: NodeAgent, own_cache: Path
+) -> None:
+    forged = put_status(fleet, "edge-2", as_edge_2(fleet), None)
+    first = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    assert rows(first)["edge-2"]["shown"] == "unverified"
+    path = verdict_file(own_cache)
+    body = json.loads(path.read_text())
+    # Someone with write access to the operator's cache (as to the clone beside it) can make
+    # this operator's `status` lie; --recheck trusts nothing it did not check itself.
+    for name, verdict in body["verdicts"].items():
+        if forged in name:
+            verdict["problem"], verdict["signer"] = None, "edge-2"
+    path.write_text(json.dumps(body))
+    fooled = rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]
+    assert fooled["shown"] == "converged"
+    rechecked = rows(json.loads(fleet_status(fleet, "json", "--recheck", repo=fleet.origin)))
+    assert (
+        rechecked["edge-2"]["shown"] == "unverified"
+        and "unsigned" in rechecked["edge-2"]["problem"]
+    )
+    # --recheck also rewrote the cache with what it found.
+    again = rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))
+    assert again["edge-2"]["shown"] == "unverified"
+
+    path.write_bytes(b"\x00 not json")
+    broken = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    assert comparable(broken) == comparable(first)
+    assert len(json.loads(path.read_text())["verdicts"]) == 2
 
 
 def test_status_never_counts_a_claim_of_a_release_that_does_not_exist_as_healthy(

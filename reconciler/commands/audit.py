@@ -18,15 +18,17 @@ from reconciler.audit_trail import (
     status_events,
 )
 from reconciler.errors import EdgeFleetError, UsageError
-from reconciler.release_tags import principal
 from reconciler.signed_commits import parse_commit, parse_tag
 from reconciler.status_doc import STATUS_FILE
 from reconciler.status_source import (
+    SIGNERS,
     GitFailed,
     StatusRepo,
     cat_batch,
     fleet_identity,
     open_status_repo,
+    principal,
+    public_keys,
     read_files,
     release_versions,
     status_heads,
@@ -80,7 +82,8 @@ def _folded_heads(repo: StatusRepo) -> dict[str, dict[str, str]]:
 
 
 def collect(repo: StatusRepo, only_node: str | None) -> list[Event]:
-    fleet, signers, nodes = fleet_identity(repo)
+    fleet, signer_lines, nodes = fleet_identity(repo)
+    signers = public_keys(signer_lines, SIGNERS)
     events: list[Event] = []
     if only_node is None:
         shas = _rev_list(repo, repo.main_ref)

@@ -415,8 +415,9 @@ def _status_and_audit(demo: Demo) -> tuple[bool, bool]:
     the agents pushed: the fleet table, and the timeline with every signature checked."""
     from reconciler.audit_trail import render_text
     from reconciler.commands.audit import collect
-    from reconciler.commands.status import fleet_report, fold
+    from reconciler.commands.status import fleet_report
     from reconciler.fleet_status import render_table
+    from reconciler.status_fold import fold
     from reconciler.status_source import fleet_identity, open_status_repo
 
     repo = open_status_repo(str(demo.fleet))

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.push_policy import ZERO, PushFacts, RefUpdate, Trust, check_push
-from reconciler.release_tags import principal
 from reconciler.status_source import (
+    SIGNERS,
     GitFailed,
     StatusRepo,
     cat_batch,
     fleet_identity,
     local_status_repo,
+    principal,
+    public_keys,
     read_files,
 )
 from reconciler.trust_root import parse_root
@@ -63,7 +65,8 @@ def load_trust(repo: StatusRepo, updates: list[RefUpdate]) -> Trust:
         if not brought:
             return Trust("", frozenset(), {}, {})
         repo = replace(repo, main_ref=brought[0])
-    fleet, signers, nodes = fleet_identity(repo)
+    fleet, signer_lines, nodes = fleet_identity(repo)
+    signers = public_keys(signer_lines, SIGNERS)
     root_file = read_files(repo, repo.main_ref, ["trust/root.json"]).get("trust/root.json")
     release_keys = {}
     if root_file is not None:

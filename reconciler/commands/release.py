@@ -30,7 +30,8 @@ from reconciler.release import (
     tag_name,
     unverified_payload,
 )
-from reconciler.release_tags import create_tag, principal, release_tags
+from reconciler.release_tags import create_tag, release_tags
+from reconciler.status_source import principal
 from reconciler.timestamps import expiry, format_timestamp, now
 from reconciler.trust_root import load_pinned_root
 from reconciler.verify import refuse_invalid, verify_tree

@@ -1,7 +1,7 @@
 """`edgefleet status`: the fleet at a glance, read from the signed status branches.
 
-`status fold` (one branch for auditors) lives here too; the reading is `status_source`, the
-deciding `fleet_status`.
+The reading is `status_source`, the verdict on each head `status_verdicts` (cached between
+runs), the judging `fleet_status`; `status fold` is `status_fold`.
 """
 
 from __future__ import annotations
@@ -10,61 +10,85 @@ import argparse
 import json
 import sys
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from reconciler.atomic import write_atomic
-from reconciler.fleet_status import NodeStatus, assess, render_table, summarize
-from reconciler.keyfiles import load_signing_key
-from reconciler.keys import SigningKey
-from reconciler.push_policy import ZERO
-from reconciler.release_tags import principal
-from reconciler.signed_commits import commit_object, person
+from reconciler.fleet_status import NodeStatus, judge, render_table, summarize
 from reconciler.status_doc import STATUS_FILE
 from reconciler.status_source import (
     StatusRepo,
     cat_batch,
     fleet_identity,
     open_status_repo,
+    principal,
     release_versions,
     status_heads,
 )
+from reconciler.status_verdicts import (
+    Verdict,
+    cache_path,
+    cacheable,
+    decide,
+    entry_key,
+    load_verdicts,
+    save_verdicts,
+)
 from reconciler.timestamps import format_timestamp, now
 
-LOCAL_AUDIT = "refs/heads/audit"
+
+def head_verdicts(
+    repo: StatusRepo, heads: dict[str, str], keys: dict[str, str | None], recheck: bool = False
+) -> dict[str, Verdict]:
+    """node -> the verdict on its head: from the cache where it has one for this head and key
+    (unless `recheck`), else checked now, reading only those heads' objects."""
+    path = cache_path(repo.git_dir)
+    cached = {} if recheck else load_verdicts(path)
+    verdicts: dict[str, Verdict] = {}
+    keep: dict[str, Verdict] = {}
+    todo: list[str] = []
+    for node, head in heads.items():
+        key = keys.get(node)
+        name = entry_key(node, head, key) if key is not None else None
+        if name is not None and name in cached:
+            verdicts[node] = keep[name] = cached[name]
+        else:
+            todo.append(node)
+    objects = cat_batch(repo, [x for n in todo for x in (heads[n], f"{heads[n]}:{STATUS_FILE}")])
+    for i, node in enumerate(todo):
+        raw, blob, key = objects[2 * i], objects[2 * i + 1], keys.get(node)
+        verdicts[node] = decide(node, heads[node], raw, blob, key)
+        if key is not None and cacheable(raw, blob, key):
+            keep[entry_key(node, heads[node], key)] = verdicts[node]
+    if todo or len(keep) != len(cached):
+        save_verdicts(path, keep)
+    return verdicts
 
 
-def fleet_report(repo: StatusRepo, label: str) -> tuple[list[NodeStatus], dict[str, Any]]:
+def fleet_report(
+    repo: StatusRepo, label: str, recheck: bool = False
+) -> tuple[list[NodeStatus], dict[str, Any]]:
     """Every node's row, and everything `status` shows as the JSON `--format json` prints."""
     when = now()
     fleet, signers, nodes = fleet_identity(repo)
     heads = status_heads(repo)
     releases = release_versions(repo)
     expected = max(releases, default=None)
-    names = sorted(set(nodes) | set(heads))
-    with_head = [n for n in names if n in heads]
-    objects = cat_batch(
-        repo,
-        [x for n in with_head for x in (heads[n], f"{heads[n]}:{STATUS_FILE}")],
-    )
-    found = {n: (objects[2 * i], objects[2 * i + 1]) for i, n in enumerate(with_head)}
-    rows: list[NodeStatus] = []
-    for node in names:
-        raw, blob = found.get(node, (None, None))
-        rows.append(
-            assess(
-                node,
-                head=heads.get(node),
-                raw_commit=raw,
-                blob=blob,
-                key=signers.get(principal(node, fleet)),
-                fleet=fleet,
-                expected=expected,
-                now=when,
-                releases=frozenset(releases),
-            )
+    keys = {node: signers.get(principal(node, fleet)) for node in heads}
+    verdicts = head_verdicts(repo, heads, keys, recheck)
+    known = frozenset(releases)
+    rows = [
+        judge(
+            node,
+            heads.get(node),
+            verdicts.get(node),
+            fleet=fleet,
+            expected=expected,
+            now=when,
+            releases=known,
         )
+        for node in sorted(set(nodes) | set(heads))
+    ]
     summary = summarize(rows, expected)
     return rows, {
         "fleet": fleet,
@@ -75,6 +99,17 @@ def fleet_report(repo: StatusRepo, label: str) -> tuple[list[NodeStatus], dict[s
         "releases": _per_release(rows, releases),
         "nodes": [r.as_json() for r in rows],
     }
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """The report as JSON, one node to a line: readable, greppable, and written by json's C
+    encoder (an indented dump of 2,000 nodes takes the pure-Python one, most of a run)."""
+    head = {k: v for k, v in report.items() if k != "nodes"}
+    text = json.dumps(head, indent=2)
+    # json.dumps with no options reuses one encoder; any option would build one per node.
+    nodes = ",\n".join("    " + json.dumps(n) for n in report["nodes"])
+    body = f"[\n{nodes}\n  ]" if nodes else "[]"
+    return f'{text[:-2]},\n  "nodes": {body}\n}}\n'
 
 
 def _per_release(rows: list[NodeStatus], releases: dict[int, str]) -> list[dict[str, Any]]:
@@ -103,9 +138,9 @@ def _per_release(rows: list[NodeStatus], releases: dict[int, str]) -> list[dict[
 
 def cmd_status(args: argparse.Namespace) -> int:
     repo = open_status_repo(args.repo, fetch=not args.no_fetch)
-    rows, report = fleet_report(repo, args.repo)
+    rows, report = fleet_report(repo, args.repo, recheck=args.recheck)
     if args.format == "json":
-        text = json.dumps(report, indent=2) + "\n"
+        text = report_json(report)
     elif args.format == "html":
         from reconciler.status_html import render_html
 
@@ -120,77 +155,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def fold_base(repo: StatusRepo) -> str | None:
-    """The audit branch to build on: the local one when it contains the origin's (a fold not
-    pushed yet), else the origin's."""
-    local = repo.resolve(LOCAL_AUDIT)
-    remote = repo.resolve(repo.audit_ref) if repo.audit_ref != LOCAL_AUDIT else None
-    if remote is None or (local is not None and repo.is_ancestor(remote, local)):
-        return local
-    return remote
-
-
-def fold(
-    repo: StatusRepo, fleet: str, signer: SigningKey | None, when: datetime
-) -> tuple[str | None, list[str]]:
-    """One merge commit on `audit` joining every status head that moved since the last fold;
-    (None, []) when nothing moved. Its tree holds each node's latest status as <node>.json."""
-    base = fold_base(repo)
-    args = ["for-each-ref", "--format=%(objectname) %(refname)"]
-    if base is not None:
-        args.append(f"--no-merged={base}")
-    moved_out = repo.git(*args, repo.status_prefix).decode().split("\n")
-    moved = sorted(
-        (ref.removeprefix(repo.status_prefix), sha)
-        for sha, _, ref in (line.partition(" ") for line in moved_out if line)
-    )
-    if not moved:
-        return None, []
-    heads = status_heads(repo)
-    names = sorted(heads)
-    check = (
-        repo.git(
-            "cat-file",
-            "--batch-check",
-            data="".join(f"{heads[n]}:{STATUS_FILE}\n" for n in names).encode(),
-        )
-        .decode()
-        .splitlines()
-    )
-    entries = [
-        f"100644 blob {line.split()[0]}\t{node}.json\n"
-        for node, line in zip(names, check, strict=True)
-        if not line.endswith("missing")
-    ]
-    tree = repo.git("mktree", data="".join(entries).encode()).decode().strip()
-    author = person("EdgeFleet fold", f"fold@{fleet}", when)
-    first = base
-    if first is None:
-        # A root of its own, so that `git log --first-parent audit` lists folds only.
-        empty = repo.git("mktree", data=b"").decode().strip()
-        start = commit_object(
-            tree=empty, parents=(), author=author, message="audit: start", signer=signer
-        )
-        first = (
-            repo.git("hash-object", "-t", "commit", "-w", "--stdin", data=start).decode().strip()
-        )
-    lines = [f"audit: fold {len(moved)} node(s)", ""]
-    lines += [f"{node}: {sha[:12]}" for node, sha in moved]
-    raw = commit_object(
-        tree=tree,
-        parents=(first, *(sha for _, sha in moved)),
-        author=author,
-        message="\n".join(lines) + "\n",
-        signer=signer,
-    )
-    commit = repo.git("hash-object", "-t", "commit", "-w", "--stdin", data=raw).decode().strip()
-    # The local branch's own value, which may lag the origin's fold the new one builds on.
-    current = repo.resolve(LOCAL_AUDIT)
-    repo.git("update-ref", "-m", "edgefleet status fold", LOCAL_AUDIT, commit, current or ZERO)
-    return commit, [node for node, _ in moved]
-
-
 def cmd_fold(args: argparse.Namespace) -> int:
+    # Imported here: folding signs and writes commits, which plain `status` never loads.
+    from reconciler.keyfiles import load_signing_key
+    from reconciler.status_fold import LOCAL_AUDIT, fold, fold_base
+
     repo = open_status_repo(args.repo, fetch=not args.no_fetch)
     fleet, _, _ = fleet_identity(repo)
     signer = load_signing_key(Path(args.key)) if args.key else None
@@ -234,6 +203,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     status.add_argument("--out", help="write to this file instead of standard output")
     status.add_argument(
         "--no-fetch", action="store_true", help="read the refs already here; do not fetch"
+    )
+    status.add_argument(
+        "--recheck",
+        action="store_true",
+        help="check every head's signature and schema again, not trusting verdicts cached by"
+        " earlier runs",
     )
     status.set_defaults(func=cmd_status)
     actions = status.add_subparsers(dest="action", metavar="ACTION")
