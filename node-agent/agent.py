@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.banks import ComponentBanks
+from node_agent.busy import busy_reason
 from node_agent.cli import summary
 from node_agent.config import AgentConfig, ConfigError
 from node_agent.download import Fetcher
@@ -45,6 +46,7 @@ from reconciler.errors import EdgeFleetError, ReleaseInvalid, RenderError, Trust
 from reconciler.fleet_repo import FleetRepo, root_chain_file
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
+from reconciler.maintenance import WindowInvalid, window_state
 from reconciler.node_plan import Desired, choose_patch, desired_components, plan
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
@@ -198,7 +200,29 @@ class Agent:
             self.log.info("cycle.nothing_to_apply", release=journal.release, state=journal.state)
             return 3 if journal.state == "rejected" else 0
         try:
-            self.apply(journal, candidate)
+            rendered = render_node(candidate.repo, self.config.node)
+        except RenderError as exc:
+            self._refuse(journal, candidate.release, exc)
+            journal.evaluated = seen
+            self.journal_file.save(journal)
+            return 3
+        deferral = self._deferral(rendered)
+        if deferral is not None:
+            rule, reason = deferral
+            journal.state = "deferred"
+            journal.last_error = {
+                "release": candidate.release.version,
+                "reason": reason,
+                "at": format_timestamp(self.clock()),
+                "rule": rule,
+            }
+            self.journal_file.save(journal)
+            self.log.info(
+                "apply.deferred", release=candidate.release.version, rule=rule, reason=reason
+            )
+            return 0
+        try:
+            self.apply(journal, candidate, rendered)
         except ArtifactUnavailable as exc:
             journal.state = "deferred"
             journal.last_error = _error(candidate.release.version, exc, self.clock())
@@ -319,7 +343,7 @@ class Agent:
         node = fleet.node(self.config.node)
         spec = fleet.fleet.spec if fleet.fleet is not None else {}
         labels = node.labels if node is not None else {}
-        return in_wave(spec, release.fleet, release.wave, self.config.node, labels)
+        return in_wave(spec, release.fleet, release.wave, self.config.node, labels, release.commit)
 
     def _offered_roots(self, tags: list[ReleaseTag], version: int) -> list[bytes]:
         path = root_chain_file(version)
@@ -349,9 +373,20 @@ class Agent:
             log=self._event,
         )
 
-    def apply(self, journal: Journal, candidate: Candidate) -> None:
+    def _deferral(self, rendered: dict[str, Any]) -> tuple[str, str] | None:
+        """(rule, reason) when this node must not apply now: it says it is busy, or its
+        desired state's maintenance window is closed."""
+        busy = busy_reason(self.config)
+        if busy is not None:
+            return "busy", busy
+        try:
+            is_open, why = window_state(rendered["spec"].get("maintenance"), self.clock())
+        except WindowInvalid as exc:
+            return "maintenance", str(exc)
+        return None if is_open else ("maintenance", why)
+
+    def apply(self, journal: Journal, candidate: Candidate, rendered: dict[str, Any]) -> None:
         release = candidate.release
-        rendered = render_node(candidate.repo, self.config.node)
         desired = desired_components(rendered)
         installed = {
             name: found
@@ -388,7 +423,12 @@ class Agent:
         if candidate.root_bytes is not None:
             journal.trusted_root = candidate.root_bytes
         moving = {n: s for n, s in steps.items() if s.action in ("add", "change")}
+        # The other bank may already hold exactly what is wanted (a halt or a rollback to the
+        # release before): switching back to it moves no byte.
+        held = {n for n, s in moving.items() if self._bank_holds(journal, n, s, desired[n])}
         for name, step in moving.items():
+            if name in held:
+                continue
             # Forget the bank before overwriting it: a power cut mid-write must never leave
             # the journal calling a half-written bank complete.
             journal.components.setdefault(name, ComponentRecord()).banks.pop(str(step.target), None)
@@ -397,10 +437,21 @@ class Agent:
         self.journal_file.save(journal)
         # Auditors see when each node began a release, not only how it ended.
         self.report(journal)
-        if moving:
+        for name in sorted(held):
+            journal.transfer["fullBytes"] += desired[name].size
+            self.log.info(
+                "stage.reused",
+                release=release.version,
+                component=name,
+                artifact=desired[name].artifact,
+                bank=moving[name].target,
+                bytes=0,
+            )
+        to_stage = {n: s for n, s in moving.items() if n not in held}
+        if to_stage:
             fetcher = self.fetcher(candidate)
             try:
-                for name, step in moving.items():
+                for name, step in to_stage.items():
                     self._stage(journal, fetcher, desired[name], step)
             except (ArtifactUnavailable, UnsafeArchive):
                 self._discard_staging(journal)
@@ -418,6 +469,21 @@ class Agent:
         journal.transaction.attempts = 1
         self.journal_file.save(journal)
         self.trial(journal, candidate.files.read)
+
+    def _bank_holds(self, journal: Journal, name: str, step: Step, want: Desired) -> bool:
+        """Whether the bank `step` stages into already holds `want`, by the journal's record
+        and by the digest of what is on disk now."""
+        rec = journal.components.get(name)
+        if rec is None or step.target is None:
+            return False
+        bank = rec.banks.get(step.target)
+        if bank is None or (bank.sha256, bank.file, bank.unpack) != want.content:
+            return False
+        try:
+            found = self.banks(name).digest(step.target, want.unpack, want.file)
+        except OSError:
+            return False
+        return found == bank.digest
 
     def _stage(self, journal: Journal, fetcher: Fetcher, want: Desired, step: Step) -> None:
         assert step.target is not None

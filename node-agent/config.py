@@ -30,6 +30,9 @@ class AgentConfig:
     poll_interval: int | None
     heartbeat_interval: int
     log_format: str
+    busy_file: Path | None = None
+    busy_command: tuple[str, ...] = ()
+    busy_timeout: float = 10.0
 
 
 def _looks_like_path(repo: str) -> bool:
@@ -60,6 +63,7 @@ def load_config(path: Path) -> AgentConfig:
     def local(value: str) -> Path:
         return (base / value).resolve()
 
+    busy = doc.get("busy") or {}
     repo = doc["repo"]
     if _looks_like_path(repo) and not repo.startswith("/"):
         repo = str(local(repo))
@@ -74,4 +78,7 @@ def load_config(path: Path) -> AgentConfig:
         poll_interval=parse_duration(doc["pollInterval"]) if "pollInterval" in doc else None,
         heartbeat_interval=parse_duration(doc.get("heartbeatInterval", "1h")),
         log_format=doc.get("logFormat", "json"),
+        busy_file=local(busy["file"]) if "file" in busy else None,
+        busy_command=tuple(busy.get("command", ())),
+        busy_timeout=float(busy.get("timeoutSeconds", 10)),
     )

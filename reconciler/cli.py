@@ -29,6 +29,7 @@ FAMILIES = {
     "audit": "audit",
     "hook": "hook",
     "demo": "demo",
+    "rollout": "rollout",
 }
 
 

@@ -56,6 +56,9 @@ class NodeStatus:
     signer: str | None = None
     problem: str | None = None
     sequence: int | None = None
+    commit: str | None = None
+    # release version -> {reason, at, outcome}: what failed on this node, as it reported.
+    failed_releases: dict[str, Any] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -152,6 +155,8 @@ def judge(
         signer=signer,
         problem=problem,
         sequence=doc["sequence"],
+        commit=doc.get("commit"),
+        failed_releases=doc.get("failedReleases") or {},
     )
 
 

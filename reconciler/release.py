@@ -54,7 +54,11 @@ def build_payload(
     expires: datetime,
     wave: str | None = None,
     baseline: int | None = None,
+    halts: int | None = None,
 ) -> dict[str, Any]:
+    rollout: dict[str, Any] = {"wave": wave, "baseline": baseline}
+    if halts is not None:
+        rollout["halts"] = halts
     return {
         "_type": RELEASE_TYPE,
         "specVersion": 1,
@@ -64,7 +68,7 @@ def build_payload(
         "files": dict(sorted(files.items())),
         "issuedAt": format_timestamp(issued_at),
         "expires": format_timestamp(expires),
-        "rollout": {"wave": wave, "baseline": baseline},
+        "rollout": rollout,
     }
 
 
@@ -106,6 +110,8 @@ def tag_message(envelope: Mapping[str, Any]) -> str:
         if rollout["wave"] is None
         else f"wave {rollout['wave']}, baseline {rollout['baseline'] or 'none'}"
     )
+    if rollout.get("halts") is not None:
+        wave += f" (halts release {rollout['halts']}: back to its baseline)"
     summary = (
         f"Commit: {signed['commit']}\n"
         f"Files: {len(signed['files'])}\n"
@@ -183,6 +189,11 @@ class VerifiedRelease:
     @property
     def baseline(self) -> int | None:
         value: int | None = self.payload["rollout"]["baseline"]
+        return value
+
+    @property
+    def halts(self) -> int | None:
+        value: int | None = self.payload["rollout"].get("halts")
         return value
 
     def accepted(self, before: Accepted) -> Accepted:

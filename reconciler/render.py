@@ -97,5 +97,20 @@ def render_node(repo: FleetRepo, node_id: str) -> dict[str, Any]:
             "labels": dict(node.labels),
             "groups": [d.name for d in chain if d.kind == "Group"],
         },
-        "spec": {"identity": node.spec["identity"], "components": rendered},
+        "spec": {
+            "identity": node.spec["identity"],
+            **({"maintenance": window} if (window := maintenance(chain)) else {}),
+            "components": rendered,
+        },
     }
+
+
+def maintenance(chain: list[Document]) -> dict[str, Any] | None:
+    """The maintenance window of the most specific layer that sets one: a node's own, else its
+    highest-priority group's, else the fleet's. Windows replace, never merge: a node with
+    `maintenance: null` has none."""
+    for doc in reversed(chain):
+        if "maintenance" in doc.spec:
+            found: dict[str, Any] | None = doc.spec["maintenance"]
+            return found
+    return None

@@ -29,14 +29,16 @@ from reconciler.atomic import write_atomic
 from reconciler.status_doc import STATUS_FILE, branch
 from reconciler.status_source import cache_root
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # The fields of a status document that `fleet_status.judge` reads: all a cached verdict keeps
-# (transfer, failedReleases and the rest would double the cache's size and its reading time).
+# (transfer, agentVersion and the rest would add a third to its size and reading time).
 JUDGED = (
     "node",
     "fleet",
     "state",
     "release",
+    "commit",
+    "failedReleases",
     "target",
     "components",
     "lastError",

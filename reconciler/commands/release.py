@@ -19,6 +19,7 @@ from reconciler.errors import (
 from reconciler.fleet_repo import TRUST_ROOT_FILE
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
+from reconciler.keys import SigningKey
 from reconciler.release import (
     Accepted,
     build_payload,
@@ -33,8 +34,9 @@ from reconciler.release import (
 from reconciler.release_tags import create_tag, release_tags
 from reconciler.status_source import principal
 from reconciler.timestamps import expiry, format_timestamp, now
-from reconciler.trust_root import load_pinned_root
+from reconciler.trust_root import TrustRoot, load_pinned_root
 from reconciler.verify import refuse_invalid, verify_tree
+from reconciler.yaml_loader import load_yaml
 
 
 def open_repo(path: str) -> git.Repo:
@@ -58,22 +60,10 @@ def _baseline(repo: git.Repo, last_wave: str | None) -> int | None:
     return None
 
 
-def cmd_release(args: argparse.Namespace) -> int:
-    repo = open_repo(args.repo)
-    tree = GitTreeFiles(repo, "HEAD")
-    report = refuse_invalid(tree, f"HEAD ({tree.commit[:12]})")
-    if tree.entry(TRUST_ROOT_FILE) != "file":
-        raise UsageError(
-            f"{TRUST_ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)"
-        )
-    root = load_pinned_root(tree.read(TRUST_ROOT_FILE), f"{TRUST_ROOT_FILE} at HEAD")
-    started = now()
-    if started >= root.expires:
-        raise UsageError(
-            f"{TRUST_ROOT_FILE}: expired at {format_timestamp(root.expires)}; rotate it first"
-            " (`edgefleet trust rotate`)"
-        )
-    keys = [load_signing_key(Path(k)) for k in args.key or ()]
+def release_keys_for(root: TrustRoot, paths: list[str] | None, sigstore: bool) -> list[SigningKey]:
+    """The release keys given by path, checked against the root: distinct, release keys of
+    this root, and enough with sigstore to meet the release threshold."""
+    keys = [load_signing_key(Path(k)) for k in paths or ()]
     ids = [k.keyid for k in keys]
     if len(set(ids)) != len(ids):
         raise UsageError("--key: the same key given twice, expected distinct release keys")
@@ -83,10 +73,7 @@ def cmd_release(args: argparse.Namespace) -> int:
                 f"--key: key {key.keyid[:16]}... is not a release key of root version"
                 f" {root.version}, expected one of {', '.join(k[:16] for k in root.release.keyids)}"
             )
-    bundles: list[dict[str, Any]] = []
-    signers = len(keys)
-    if args.sigstore:
-        signers += 1
+    signers = len(keys) + (1 if sigstore else 0)
     if signers < root.release.threshold:
         raise UsageError(
             f"--key: got {signers} signer(s), expected at least {root.release.threshold}"
@@ -94,12 +81,43 @@ def cmd_release(args: argparse.Namespace) -> int:
         )
     if not keys:
         raise UsageError("--key: a release key is needed to sign the tag itself for git")
-    fleet_spec = report.repo.fleet.spec if report.repo.fleet is not None else {}
-    waves = [w["name"] for w in fleet_spec.get("rollout", {}).get("waves", [])]
-    if args.wave is not None and args.wave not in waves:
+    return keys
+
+
+def head_root(repo: git.Repo) -> TrustRoot:
+    """The trust root at HEAD: the keys that may sign the next release."""
+    tree = GitTreeFiles(repo, "HEAD")
+    if tree.entry(TRUST_ROOT_FILE) != "file":
         raise UsageError(
-            f"--wave: got {args.wave!r}, expected one of {', '.join(waves) or '(none)'}"
+            f"{TRUST_ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)"
         )
+    root = load_pinned_root(tree.read(TRUST_ROOT_FILE), f"{TRUST_ROOT_FILE} at HEAD")
+    if now() >= root.expires:
+        raise UsageError(
+            f"{TRUST_ROOT_FILE}: expired at {format_timestamp(root.expires)}; rotate it first"
+            " (`edgefleet trust rotate`)"
+        )
+    return root
+
+
+def sign_next_release(
+    repo: git.Repo,
+    rev: str,
+    root: TrustRoot,
+    keys: list[SigningKey],
+    *,
+    expires: str,
+    wave: str | None,
+    baseline: int | None,
+    halts: int | None = None,
+    sigstore: bool = False,
+    push_to: str | None = None,
+) -> dict[str, Any]:
+    """Sign commit `rev` as the next release version and tag it (pushing the tag to
+    `push_to`); what `edgefleet release` prints. `rev` must pass validation."""
+    tree = GitTreeFiles(repo, rev)
+    refuse_invalid(tree, f"{rev} ({tree.commit[:12]})")
+    started = now()
     digests: dict[str, str] = {}
     for path in tree.paths():
         kind = tree.entry(path)
@@ -114,11 +132,13 @@ def cmd_release(args: argparse.Namespace) -> int:
         commit=tree.commit,
         files=digests,
         issued_at=started,
-        expires=expiry(args.expires, started),
-        wave=args.wave,
-        baseline=_baseline(repo, waves[-1] if waves else None) if args.wave else None,
+        expires=expiry(expires, started),
+        wave=wave,
+        baseline=baseline,
+        halts=halts,
     )
-    if args.sigstore:
+    bundles: list[dict[str, Any]] = []
+    if sigstore:
         from reconciler.sigstore_release import sign_with_sigstore
 
         bundles.append(json.loads(sign_with_sigstore(payload_bytes(payload))))
@@ -133,21 +153,53 @@ def cmd_release(args: argparse.Namespace) -> int:
         tagger=f"EdgeFleet release <{principal(keys[0].public.comment or 'release', root.fleet)}>",
         when=started,
     )
-    if args.push:
-        repo.git.push(args.remote, f"refs/tags/{name}")
-    print(
-        json.dumps(
-            {
-                "version": version,
-                "commit": tree.commit,
-                "tag": name,
-                "expires": payload["expires"],
-                "signers": ids,
-            },
-            indent=2,
+    if push_to is not None:
+        repo.git.push(push_to, f"refs/tags/{name}")
+    return {
+        "version": version,
+        "commit": tree.commit,
+        "tag": name,
+        "expires": payload["expires"],
+        "wave": wave,
+        "baseline": baseline,
+        "halts": halts,
+        "signers": [k.keyid for k in keys],
+    }
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    repo = open_repo(args.repo)
+    root = head_root(repo)
+    keys = release_keys_for(root, args.key, args.sigstore)
+    fleet_spec = fleet_spec_at(repo, "HEAD")
+    waves = [w["name"] for w in fleet_spec.get("rollout", {}).get("waves", [])]
+    if args.wave is not None and args.wave not in waves:
+        raise UsageError(
+            f"--wave: got {args.wave!r}, expected one of {', '.join(waves) or '(none)'}"
         )
+    made = sign_next_release(
+        repo,
+        "HEAD",
+        root,
+        keys,
+        expires=args.expires,
+        wave=args.wave,
+        baseline=_baseline(repo, waves[-1] if waves else None) if args.wave else None,
+        sigstore=args.sigstore,
+        push_to=args.remote if args.push else None,
     )
+    print(json.dumps(made, indent=2))
     return 0
+
+
+def fleet_spec_at(repo: git.Repo, rev: str) -> dict[str, Any]:
+    """fleet.yaml's spec at `rev`, or {} when it has none."""
+    tree = GitTreeFiles(repo, rev)
+    if tree.entry("fleet.yaml") != "file":
+        return {}
+    loaded = load_yaml(tree.read("fleet.yaml"), f"{rev}:fleet.yaml").data
+    spec = loaded.get("spec") if isinstance(loaded, dict) else None
+    return spec if isinstance(spec, dict) else {}
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -188,6 +240,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def signing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that signs a release: keys, expiry, sigstore, push."""
+    parser.add_argument(
+        "--key",
+        action="append",
+        metavar="KEY",
+        help="a private release key; repeat to meet the threshold",
+    )
+    parser.add_argument("--expires", default="30d", help="e.g. 30d or 2027-01-31T00:00:00Z")
+    parser.add_argument(
+        "--sigstore",
+        action="store_true",
+        help="also sign with the ambient sigstore (OIDC) identity, as CI does",
+    )
+    parser.add_argument("--push", action="store_true", help="push the tag to --remote")
+    parser.add_argument("--remote", default="origin")
+
+
 def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -195,21 +265,8 @@ def register(
         "release", parents=[common], help="sign HEAD as the next release (tag release/<version>)"
     )
     release.add_argument("--repo", default=".", help="the fleet repository (default: .)")
-    release.add_argument(
-        "--key",
-        action="append",
-        metavar="KEY",
-        help="a private release key; repeat to meet the threshold",
-    )
-    release.add_argument("--expires", default="30d", help="e.g. 30d or 2027-01-31T00:00:00Z")
+    signing_arguments(release)
     release.add_argument("--wave", help="the rollout wave this release goes to (default: all)")
-    release.add_argument(
-        "--sigstore",
-        action="store_true",
-        help="also sign with the ambient sigstore (OIDC) identity, as CI does",
-    )
-    release.add_argument("--push", action="store_true", help="push the tag to --remote")
-    release.add_argument("--remote", default="origin")
     release.set_defaults(func=cmd_release)
 
     verify = sub.add_parser(
