@@ -18,26 +18,32 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     for expected in (
-        "signed release 1",
-        "signed release 2",
-        "signed release 3",
+        "signed release 1 for every node",
+        "signed release 2 for wave canary (baseline release 1)",
         "rolled-back",
         "got max |diff|",
-        "every node converged on release 3",
+        "outside the canary wave, nothing was downloaded: store-0101 0 bytes, wh-venlo-01 0 bytes",
+        "gate: halt: wave canary of release 2",
+        "halted: release 3 sends every node back to release 1's commit",
+        "signed release 4 for every node",
+        "every node converged on release 4",
         "anomaly-model arrived as a",  # a patch from the model the node ran
     ):
         assert expected in out, expected
     # What the story claims is what the nodes' journals say.
     for node in ("store-0042", "store-0101", "wh-venlo-01"):
         journal = json.loads((base / "nodes" / node / "state" / "state.json").read_text())
-        assert journal["release"] == 3 and journal["state"] == "converged", node
+        assert journal["release"] == 4 and journal["state"] == "converged", node
+        # Only the canary ever tried release 2; the others never fetched the broken model.
+        assert ("2" in journal["failed"]) == (node == "store-0042"), node
+    journal = json.loads((base / "nodes" / "store-0042" / "state" / "state.json").read_text())
+    assert "max |diff|" in journal["failed"]["2"]["reason"]
     journal = json.loads((base / "nodes" / "store-0101" / "state" / "state.json").read_text())
-    assert "2" in journal["failed"] and "max |diff|" in journal["failed"]["2"]["reason"]
     model = base / "nodes" / "store-0101" / "state" / "components" / "anomaly-model"
     assert str((model / "current").readlink()) == "b"
     transfer = journal["transfer"]
     assert transfer["patches"]["anomaly-model"]["bytes"] < transfer["fullBytes"] / 10
-    log = (base / "nodes" / "store-0101" / "agent.log").read_text().splitlines()
+    log = (base / "nodes" / "store-0042" / "agent.log").read_text().splitlines()
     assert any(json.loads(line)["event"] == "rollback.done" for line in log)
     # The demo ends with the fleet table and the audit timeline, read from the status branches.
     table = out.split("edgefleet status:", 1)[1].split("edgefleet audit:", 1)[0]
@@ -47,7 +53,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         if cells and cells[0] in ("store-0042", "store-0101", "wh-venlo-01")
     }
     assert status_lines == dict.fromkeys(("store-0042", "store-0101", "wh-venlo-01"), "converged")
-    assert "store-0101 rolled back release 2 to 1" in out
+    assert "store-0042 rolled back release 2 to 1" in out
     assert "0 problem(s); every signature checked" in out
     origin = base / "origin.git"
     branches = subprocess.run(

@@ -42,6 +42,7 @@ NODES = {
     "wh-venlo-01": "a warehouse in Venlo",
 }
 MODEL = "anomaly-model"
+CANARY = "store-0042"
 
 
 def _say(text: str = "") -> None:
@@ -197,7 +198,7 @@ class Demo:
         fleet["spec"]["components"][MODEL]["artifact"] = f"{MODEL}@{version}"
         fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
 
-    def release(self, release_keys: list[Path]) -> int:
+    def release(self, release_keys: list[Path], wave: str | None = None) -> int:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             cmd_release(
@@ -205,7 +206,7 @@ class Demo:
                     repo=str(self.fleet),
                     key=[str(k) for k in release_keys],
                     expires="30d",
-                    wave=None,
+                    wave=wave,
                     sigstore=False,
                     push=False,
                     remote="origin",
@@ -216,11 +217,42 @@ class Demo:
         info = json.loads(out.getvalue())
         self.git("push", "-q", "origin", "HEAD:refs/heads/main", f"refs/tags/{info['tag']}")
         version: int = info["version"]
+        to = f"wave {wave} (baseline release {info['baseline']})" if wave else "every node"
         self.step(
-            f"signed release {version}: tag {info['tag']} on commit {info['commit'][:12]},"
-            f" {len(info['signers'])} release signatures, pushed to {self.origin.name}"
+            f"signed release {version} for {to}: tag {info['tag']} on commit"
+            f" {info['commit'][:12]}, {len(info['signers'])} release signatures, pushed to"
+            f" {self.origin.name}"
         )
         return version
+
+    def rollout(self, action: str, release_keys: list[Path], auto: bool = False) -> str:
+        """`edgefleet rollout ACTION` on the fleet clone, as an operator or a CI job runs it;
+        what it printed."""
+        from reconciler.commands.rollout import GateClosed, cmd_rollout_advance, cmd_rollout_status
+
+        args = argparse.Namespace(
+            repo=str(self.fleet),
+            no_fetch=False,
+            format="text",
+            key=[str(k) for k in release_keys],
+            expires="30d",
+            sigstore=False,
+            push=True,
+            remote="origin",
+            auto=auto,
+        )
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                if action == "status":
+                    cmd_rollout_status(args)
+                else:
+                    cmd_rollout_advance(args)
+            except GateClosed as exc:
+                print(f"error: {exc}", file=err)
+        # The new tag's JSON is for scripts; the sentence on stderr says what happened.
+        said = "" if out.getvalue().startswith("{") else out.getvalue()
+        return (said + err.getvalue()).strip()
 
 
 def _make_keys(demo: Demo) -> dict[str, SigningKey]:
@@ -349,8 +381,9 @@ def run_demo(base: Path) -> int:
     first = _report(runners)
 
     demo.step(
-        f"release 2: {MODEL}@1.5.0 for every node outside the canary ring, a bad export whose"
-        " scores drift from the golden data (offered as a binary patch from 1.3.0)"
+        f"release 2: {MODEL}@1.5.0 for every node (the canary ring's release candidate"
+        " retired), a bad export whose scores drift from the golden data, offered as a binary"
+        " patch from 1.3.0; rolled out to the canary wave first"
     )
     running = builder.build_model("1.3.0")
     demo.add_model(
@@ -359,16 +392,30 @@ def run_demo(base: Path) -> int:
         "Re-export (bad: scaled layer).",
         running,
     )
-    demo.commit(f"{MODEL} 1.5.0")
-    demo.release(release_keys)
+    canary_group = demo.fleet / "groups" / "canary.yaml"
+    group = yaml.safe_load(canary_group.read_text())
+    group["spec"]["components"].pop(MODEL, None)
+    canary_group.write_text(yaml.safe_dump(group, sort_keys=False))
+    demo.commit(f"{MODEL} 1.5.0 for every node")
+    demo.release(release_keys, wave="canary")
     second = _report(runners)
+    fetched = {n: o.journal.transfer.get("bytes", 0) for n, o in second.items() if o.staged}
+    demo.step(
+        "outside the canary wave, nothing was downloaded: "
+        + ", ".join(f"{n} {fetched.get(n, 0):,} bytes" for n in NODES if n != CANARY)
+    )
 
-    demo.step("next poll: release 2 failed here, so it is not tried again")
+    demo.step("edgefleet rollout status: the canary wave, from the nodes' signed status")
+    for line in demo.rollout("status", release_keys).splitlines():
+        _say(f"    {line}")
+    demo.step("edgefleet rollout advance --auto (a scheduled CI job): the gate halts the rollout")
+    for line in demo.rollout("advance", release_keys, auto=True).splitlines():
+        _say(f"    {line}")
     third = _report(runners)
 
     demo.step(
-        f"release 3: {MODEL}@1.5.1, the same model exported correctly, offered as a patch from"
-        " 1.3.0"
+        f"release 4: {MODEL}@1.5.1, the same model exported correctly, offered as a patch from"
+        " 1.3.0, to every node"
     )
     demo.add_model(
         "1.5.1", _variant_model(builder, "1.5.1", broken=False), "Re-export, fixed.", running
@@ -378,15 +425,17 @@ def run_demo(base: Path) -> int:
     fourth = _report(runners)
 
     rolled_back = [n for n, o in second.items() if o.exit_code == 1]
-    converged = all(o.exit_code == 0 and o.journal.release == 3 for o in fourth.values())
+    converged = all(o.exit_code == 0 and o.journal.release == 4 for o in fourth.values())
+    halted = all(o.exit_code == 0 and o.journal.release == 3 for o in third.values())
     ok = (
         all(o.exit_code == 0 for o in first.values())
-        and bool(rolled_back)
-        and all(o.exit_code == 0 for o in third.values())
+        and rolled_back == [CANARY]
+        and not any(fetched.get(n) for n in NODES if n != CANARY)
+        and halted
         and converged
     )
     demo.step(
-        f"{'every node converged on release 3' if converged else 'NOT converged'};"
+        f"{'every node converged on release 4' if converged else 'NOT converged'};"
         f" rolled back on release 2: {', '.join(rolled_back) or 'none'}"
     )
     healthy, verified = _status_and_audit(demo)
