@@ -287,3 +287,25 @@ def test_a_node_outside_its_maintenance_window_defers_until_it_opens(live: Rollo
     live.release()
     code, info = live.once("store-1")
     assert code == 0 and info["state"] == "converged" and info["release"] == 3, info["_stderr"]
+
+
+def test_a_forged_release_tag_cannot_steer_advance(live: Rollout) -> None:
+    """A tag whose payload is signed by keys the root does not trust (here it names a wave,
+    so that `advance` would sign its commit for the next one) is refused before anything is
+    signed."""
+    from reconciler.keys import SigningKey
+
+    fleet = live.fleet
+    fleet.config_file("6.6.6", "threshold = 666\n")
+    fleet.use("settings", "settings@6.6.6")
+    fleet.write()
+    git_commit(fleet.repo, "an attacker's change")
+    forgers = [SigningKey.generate("forger-1"), SigningKey.generate("forger-2")]
+    fleet.release(signers=forgers, wave="canary")
+    fleet.push()
+    done = live.rollout("advance")
+    assert done.returncode != 0
+    assert "release/2" in done.stderr and "signature" in done.stderr
+    assert live.tags() == 2
+    gate = live.rollout("status")
+    assert gate.returncode != 0 and "release/2" in gate.stderr
