@@ -6,6 +6,7 @@ all and `render` runs the ones about a single node.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from itertools import combinations
@@ -14,6 +15,7 @@ from typing import Any
 from reconciler.errors import EdgeFleetError
 from reconciler.fleet_repo import SIGNERS_FILE, TRUST_ROOT_FILE, Document, FleetRepo, priority
 from reconciler.keys import PublicKey
+from reconciler.maintenance import WindowInvalid, zone
 from reconciler.problems import Problem
 from reconciler.release_tags import allowed_signers
 from reconciler.render import layers, merge_layers, unresolved
@@ -302,6 +304,16 @@ def _differences(
             yield (*path, key), left, right
 
 
+def _tied_fields(group: Document) -> dict[str, Any]:
+    """What two groups of equal priority must agree on: components, and the maintenance
+    window when both set one."""
+    fields: dict[str, Any] = {"components": group.components}
+    if "maintenance" in group.spec:
+        # Compared whole, as rendering takes it whole: a window is never merged.
+        fields["maintenance"] = json.dumps(group.spec["maintenance"], sort_keys=True)
+    return fields
+
+
 def group_conflicts(repo: FleetRepo) -> list[Problem]:
     """Two groups of equal priority that set the same field differently, on a node both select."""
     pair_cache: dict[tuple[str, str], list[tuple[FieldPath, Any, Any]]] = {}
@@ -316,7 +328,7 @@ def group_conflicts(repo: FleetRepo) -> list[Problem]:
             key = (first.file, second.file)
             if key not in pair_cache:
                 pair_cache[key] = sorted(
-                    _differences(first.components, second.components, ("spec", "components")),
+                    _differences(_tied_fields(first), _tied_fields(second), ("spec",)),
                     key=lambda d: [str(p) for p in d[0]],
                 )
                 docs[first.file], docs[second.file] = first, second
@@ -431,6 +443,29 @@ def allowed_signers_file(repo: FleetRepo) -> list[Problem]:
     return []
 
 
+def maintenance_zones(repo: FleetRepo) -> list[Problem]:
+    """Every maintenance window names a time zone this machine's zoneinfo knows: an unknown
+    one would make every node it reaches defer every release."""
+    problems = []
+    for doc in [d for d in (repo.fleet,) if d is not None] + repo.groups + repo.nodes:
+        window = doc.spec.get("maintenance")
+        if not isinstance(window, Mapping) or "timezone" not in window:
+            continue
+        try:
+            zone(window)
+        except WindowInvalid as exc:
+            problems.append(
+                Problem(
+                    doc.file,
+                    doc.line("spec", "maintenance", "timezone"),
+                    f"spec.{exc}",
+                    "error",
+                    "maintenance",
+                )
+            )
+    return problems
+
+
 ALL_CHECKS: tuple[Check, ...] = (
     fleet_names,
     allowed_signers_file,
@@ -440,6 +475,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     group_names,
     rollout_waves,
     group_conflicts,
+    maintenance_zones,
     rendered_components,
     empty_selections,
 )

@@ -309,3 +309,46 @@ def test_a_forged_release_tag_cannot_steer_advance(live: Rollout) -> None:
     assert live.tags() == 2
     gate = live.rollout("status")
     assert gate.returncode != 0 and "release/2" in gate.stderr
+
+
+def test_an_expired_baseline_neither_blocks_the_gate_nor_the_halt(live: Rollout) -> None:
+    from reconciler.timestamps import now
+
+    fleet = live.fleet
+    fleet.config_file("1.1.0", "threshold = 11\n")
+    fleet.use("settings", "settings@1.1.0")
+    long_ago = now() - timedelta(days=60)
+    fleet.publish(issued=long_ago, expires=long_ago + timedelta(days=30))  # release 2, expired
+    fleet.config_file("1.2.0", "threshold = 12\n")
+    fleet.use("settings", "settings@1.2.0")
+    live.commit_change("settings 1.2.0")
+    made = live.release("--wave", "canary")
+    assert (made["version"], made["baseline"]) == (3, 2)
+    gate = live.gate()
+    assert gate["decision"] == "wait" and gate["baseline"] == 2
+    halted = live.rollout("halt")
+    assert halted.returncode == 0, halted.stderr
+    assert json.loads(halted.stdout)["commit"] == fleet.repo.commit("release/2").hexsha
+
+
+def test_a_release_that_cannot_be_pushed_leaves_no_tag_behind(live: Rollout) -> None:
+    fleet = live.fleet
+    fleet.repo.create_remote("nowhere", str(fleet.base / "no-such-origin.git"))
+    fleet.config_file("1.1.0", "threshold = 11\n")
+    fleet.use("settings", "settings@1.1.0")
+    live.commit_change("settings 1.1.0")
+    done = live.ef(
+        "release",
+        "--repo",
+        str(fleet.path),
+        *live.keys,
+        "--wave",
+        "canary",
+        "--push",
+        "--remote",
+        "nowhere",
+    )
+    assert done.returncode == 75
+    assert "pushing release/2 to nowhere failed" in done.stderr
+    assert "nothing was released and the tag was removed here" in done.stderr
+    assert [t.version for t in release_tags(fleet.repo)] == [1]

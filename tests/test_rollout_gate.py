@@ -141,3 +141,52 @@ def test_the_busy_command_answers_busy_free_or_is_taken_as_busy(tmp_path: Path) 
     assert busy_reason(config(tmp_path, busy_file=flag)) is None
     flag.write_text("")
     assert busy_reason(config(tmp_path, busy_file=flag)) == f"busy: {flag} exists (no reason given)"
+
+
+def _example_with(tmp_path: Path, edits: dict[str, dict[str, Any]]) -> str:
+    """The example fleet with `spec.maintenance` set in some files; `edgefleet validate`'s
+    output."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "fleet-repo-example"
+    fleet = tmp_path / "fleet"
+    shutil.copytree(root, fleet, ignore=shutil.ignore_patterns(".store"))
+    for name, window in edits.items():
+        path = fleet / name
+        doc = yaml.safe_load(path.read_text())
+        doc["spec"]["maintenance"] = window
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "edgefleet"), "validate", str(fleet)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout
+    return done.stdout
+
+
+def test_validate_refuses_an_unknown_time_zone_and_tied_groups_that_disagree(
+    tmp_path: Path,
+) -> None:
+    out = _example_with(
+        tmp_path,
+        {
+            "groups/canary.yaml": {"windows": [{"start": "01:00", "end": "02:00"}]},
+            "groups/pos-pilot.yaml": {"windows": [{"start": "03:00", "end": "04:00"}]},
+            "nodes/store-0102.yaml": {
+                "timezone": "Europe/Berln",
+                "windows": [{"start": "01:00", "end": "02:00"}],
+            },
+        },
+    )
+    assert "groups/canary.yaml:" in out and "spec.maintenance: conflicts with" in out
+    assert "both groups have priority 20" in out
+    assert (
+        "nodes/store-0102.yaml:" in out
+        and "spec.maintenance.timezone: got 'Europe/Berln', expected an IANA time zone" in out
+    )

@@ -13,9 +13,7 @@ from typing import Any
 
 import git
 
-from reconciler.errors import (
-    UsageError,
-)
+from reconciler.errors import EdgeFleetError, UsageError
 from reconciler.fleet_repo import TRUST_ROOT_FILE
 from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
@@ -84,9 +82,21 @@ def release_keys_for(root: TrustRoot, paths: list[str] | None, sigstore: bool) -
     return keys
 
 
+class ReleasePushFailed(EdgeFleetError):
+    """The release was signed but could not be pushed: nothing was released."""
+
+    exit_code = 75
+
+
 def head_root(repo: git.Repo) -> TrustRoot:
     """The trust root at HEAD: the keys that may sign the next release."""
-    tree = GitTreeFiles(repo, "HEAD")
+    try:
+        tree = GitTreeFiles(repo, "HEAD")
+    except (ValueError, git.BadName):
+        raise UsageError(
+            f"{repo.working_dir}: HEAD names no commit, expected a checked-out branch (a clone"
+            " of an origin whose HEAD is unborn needs `git clone -b main`)"
+        ) from None
     if tree.entry(TRUST_ROOT_FILE) != "file":
         raise UsageError(
             f"{TRUST_ROOT_FILE}: missing at HEAD, expected a root (`edgefleet trust init`)"
@@ -154,7 +164,18 @@ def sign_next_release(
         when=started,
     )
     if push_to is not None:
-        repo.git.push(push_to, f"refs/tags/{name}")
+        try:
+            repo.git.push(push_to, f"refs/tags/{name}")
+        except git.GitCommandError as exc:
+            # An unpushed release tag left here would look like the newest release to the
+            # next `rollout advance` in this clone.
+            repo.git.tag("-d", name)
+            said = (exc.stderr or "").strip().splitlines()
+            raise ReleasePushFailed(
+                f"pushing {name} to {push_to} failed ({said[-1] if said else exc.status});"
+                f" nothing was released and the tag was removed here; expected {push_to}"
+                " reachable and writable"
+            ) from None
     return {
         "version": version,
         "commit": tree.commit,

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import git
@@ -43,12 +42,19 @@ class GateClosed(EdgeFleetError):
     exit_code = 1
 
 
-def verified_info(tag: ReleaseTag, root: TrustRoot, at: datetime | None = None) -> ReleaseInfo:
-    """The rollout fields of a release tag whose signatures the root accepts (checked as of
-    `at`, now by default)."""
+def verified_info(tag: ReleaseTag, root: TrustRoot) -> ReleaseInfo:
+    """The rollout fields of a release tag whose signatures the root accepts.
+
+    Checked as of when it was signed: whether it has expired since decides whether nodes
+    apply it, not what it was. A rollout's baseline is usually older than a release's 30
+    days, and is still the commit every node outside the rollout runs."""
     envelope = envelope_from_message(tag.message, tag.name)
+    try:
+        issued = parse_timestamp(str(unverified_payload(envelope)["issuedAt"]))
+    except (KeyError, TypeError, ValueError):
+        issued = now()  # verify_release names what is wrong with the payload
     release = verify_release(
-        root, envelope, tag.name, Accepted(), at or now(), sigstore_check, tag.target
+        root, envelope, tag.name, Accepted(), issued, sigstore_check, tag.target
     )
     return ReleaseInfo(
         release.version, release.commit, release.wave, release.baseline, release.halts
@@ -164,12 +170,7 @@ def halt(args: argparse.Namespace, repo: git.Repo, root: TrustRoot, gate: Gate) 
             f"release {current.version}'s baseline, release/{current.baseline}, is missing from"
             f" {args.repo}; expected the tag (fetch it from the origin)"
         )
-    # Its signatures are checked as of when it was signed: an expired baseline is still the
-    # commit that every node outside the rollout runs, and the halt is signed anew.
-    issued = parse_timestamp(
-        str(unverified_payload(envelope_from_message(tag.message, tag.name))["issuedAt"])
-    )
-    baseline = verified_info(tag, root, issued)
+    baseline = verified_info(tag, root)
     keys = release_keys_for(root, args.key, args.sigstore)
     made = sign_next_release(
         repo,
