@@ -27,6 +27,7 @@ FAMILIES = {
     "artifacts": "artifacts",
     "status": "status",
     "audit": "audit",
+    "plan": "plan",
     "hook": "hook",
     "demo": "demo",
     "rollout": "rollout",
