@@ -27,7 +27,7 @@ from typing import Any
 from reconciler import __version__
 from reconciler.atomic import write_atomic
 from reconciler.status_doc import STATUS_FILE, branch
-from reconciler.status_source import cache_root
+from reconciler.status_source import StatusRepo, cache_root, cat_batch
 
 CACHE_FORMAT = 2
 # The fields of a status document that `fleet_status.judge` reads: all a cached verdict keeps
@@ -167,3 +167,37 @@ def save_verdicts(path: Path, verdicts: Mapping[str, Verdict]) -> bool:
     except OSError:
         return False
     return True
+
+
+def head_verdicts(
+    repo: StatusRepo,
+    heads: Mapping[str, str],
+    keys: Mapping[str, str | None],
+    recheck: bool = False,
+    keep: bool = True,
+) -> dict[str, Verdict]:
+    """node -> the verdict on its head: from the cache where it has one for this head and key
+    (unless `recheck`), else checked now, reading only those heads' objects. With `keep`, the
+    cache then holds these heads' verdicts and no others (`status` reads every head; a reader
+    of a few, like `plan`, leaves the cache as it found it)."""
+    path = cache_path(repo.git_dir)
+    cached = {} if recheck else load_verdicts(path)
+    verdicts: dict[str, Verdict] = {}
+    kept: dict[str, Verdict] = {}
+    todo: list[str] = []
+    for node, head in heads.items():
+        key = keys.get(node)
+        name = entry_key(node, head, key) if key is not None else None
+        if name is not None and name in cached:
+            verdicts[node] = kept[name] = cached[name]
+        else:
+            todo.append(node)
+    objects = cat_batch(repo, [x for n in todo for x in (heads[n], f"{heads[n]}:{STATUS_FILE}")])
+    for i, node in enumerate(todo):
+        raw, blob, key = objects[2 * i], objects[2 * i + 1], keys.get(node)
+        verdicts[node] = decide(node, heads[node], raw, blob, key)
+        if key is not None and cacheable(raw, blob, key):
+            kept[entry_key(node, heads[node], key)] = verdicts[node]
+    if keep and (todo or len(kept) != len(cached)):
+        save_verdicts(path, kept)
+    return verdicts

@@ -23,6 +23,31 @@ def git(git_dir: Path, *args: str, data: bytes | None = None) -> str:
     return done.stdout.decode().strip()
 
 
+def converged_status(
+    fleet: LiveFleet, node: str, components: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A valid status.json for `node`: converged on release 1 at the fleet's HEAD, with
+    `components` (none by default)."""
+    commit = fleet.repo.head.commit.hexsha
+    return {
+        "node": node,
+        "fleet": FLEET_NAME,
+        "sequence": 1,
+        "event": "change",
+        "state": "converged",
+        "release": 1,
+        "commit": commit,
+        "target": {"release": 1, "commit": commit},
+        "components": components or {},
+        "lastError": None,
+        "transfer": {"bytes": 0, "fullBytes": 0},
+        "agentVersion": "0.1.0",
+        "observedAt": "2026-01-01T00:00:00Z",
+        "pollInterval": 60,
+        "heartbeatInterval": 3600,
+    }
+
+
 def status_commit(
     git_dir: Path,
     doc: dict[str, Any],

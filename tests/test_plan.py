@@ -25,8 +25,8 @@ from reconciler.trust_root import parse_root
 from reconciler.validate import validate
 from tests.agent_testing import LiveFleet
 from tests.conftest import CATALOG, D1, D2, D3, GROUP_MODELS, node_yaml, write_files
+from tests.status_testing import converged_status, put_status
 from tests.status_testing import git as git_in
-from tests.status_testing import put_status
 from tests.trust_testing import FleetRepository, git_commit
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
@@ -329,24 +329,8 @@ def test_a_catalog_entry_that_keeps_its_bytes_changes_no_node(fleet: FleetReposi
 
 def status_doc(fleet: LiveFleet, node: str, ref: str, digest: str) -> dict[str, Any]:
     """A converged status of release 1 that says which app the node runs."""
-    commit = fleet.repo.head.commit.hexsha
-    return {
-        "node": node,
-        "fleet": "test-fleet",
-        "sequence": 1,
-        "event": "change",
-        "state": "converged",
-        "release": 1,
-        "commit": commit,
-        "target": {"release": 1, "commit": commit},
-        "components": {"app": {"artifact": ref, "sha256": digest, "bank": "a", "health": "ok"}},
-        "lastError": None,
-        "transfer": {"bytes": 0, "fullBytes": 0},
-        "agentVersion": "0.1.0",
-        "observedAt": "2026-01-01T00:00:00Z",
-        "pollInterval": 60,
-        "heartbeatInterval": 3600,
-    }
+    app = {"artifact": ref, "sha256": digest, "bank": "a", "health": "ok"}
+    return converged_status(fleet, node, {"app": app})
 
 
 def test_signed_status_decides_between_patch_and_full(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from reconciler.release import sign_release, tag_message, tag_name, unverified_p
 from reconciler.release_tags import create_tag
 from reconciler.timestamps import now
 from tests.agent_testing import LiveFleet, NodeAgent
-from tests.status_testing import git, status_commit
+from tests.status_testing import converged_status, git, status_commit
 from tests.trust_testing import git_commit
 
 EDGEFLEET = Path(sys.executable).parent / "edgefleet"
@@ -112,24 +112,7 @@ def git_dir(fleet: LiveFleet) -> Path:
 
 def status_doc(fleet: LiveFleet, node: str) -> dict[str, Any]:
     """A valid status.json for `node`: converged on release 1."""
-    commit = fleet.repo.head.commit.hexsha
-    return {
-        "node": node,
-        "fleet": "test-fleet",
-        "sequence": 1,
-        "event": "change",
-        "state": "converged",
-        "release": 1,
-        "commit": commit,
-        "target": {"release": 1, "commit": commit},
-        "components": {},
-        "lastError": None,
-        "transfer": {"bytes": 0, "fullBytes": 0},
-        "agentVersion": "0.1.0",
-        "observedAt": "2026-01-01T00:00:00Z",
-        "pollInterval": 60,
-        "heartbeatInterval": 3600,
-    }
+    return converged_status(fleet, node)
 
 
 # --- a node's own status ---------------------------------------------------------------------

@@ -520,8 +520,8 @@ def test_a_verdict_is_made_again_for_another_key(
 ) -> None:
     """A key changed in trust/allowed_signers is a new cache key: a head signed by the old key
     is not taken on the old verdict."""
-    from reconciler.commands.status import head_verdicts
     from reconciler.status_source import local_status_repo, status_heads
+    from reconciler.status_verdicts import head_verdicts
 
     repo = local_status_repo(fleet.origin)
     heads = status_heads(repo)

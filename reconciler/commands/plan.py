@@ -41,7 +41,6 @@ from reconciler.fleet_repo import (
 )
 from reconciler.git_tree import GitTreeFiles
 from reconciler.repo_files import EntryKind
-from reconciler.status_doc import STATUS_FILE
 from reconciler.status_source import (
     StatusRepo,
     allowed_signers,
@@ -50,7 +49,7 @@ from reconciler.status_source import (
     principal,
     status_heads,
 )
-from reconciler.status_verdicts import Verdict, cache_path, decide, entry_key, load_verdicts
+from reconciler.status_verdicts import head_verdicts
 from reconciler.validate import validate
 from reconciler.yaml_loader import load_yaml
 
@@ -203,19 +202,7 @@ def running_components(
         return {}, {}
     signers = allowed_signers(signers_text)
     keys = {n: signers.get(principal(n, fleet)) for n in wanted}
-    cached = load_verdicts(cache_path(status.git_dir))
-    verdicts: dict[str, Verdict] = {}
-    todo = []
-    for node in wanted:
-        key = keys[node]
-        name = entry_key(node, heads[node], key) if key is not None else None
-        if name is not None and name in cached:
-            verdicts[node] = cached[name]
-        else:
-            todo.append(node)
-    objects = cat_batch(status, [x for n in todo for x in (heads[n], f"{heads[n]}:{STATUS_FILE}")])
-    for i, node in enumerate(todo):
-        verdicts[node] = decide(node, heads[node], objects[2 * i], objects[2 * i + 1], keys[node])
+    verdicts = head_verdicts(status, {n: heads[n] for n in wanted}, keys, keep=False)
     running: dict[str, dict[str, RunningComponent]] = {}
     untrusted: dict[str, str] = {}
     for node, verdict in verdicts.items():

@@ -15,54 +15,16 @@ from typing import Any
 
 from reconciler.atomic import write_atomic
 from reconciler.fleet_status import NodeStatus, judge, render_table, summarize
-from reconciler.status_doc import STATUS_FILE
 from reconciler.status_source import (
     StatusRepo,
-    cat_batch,
     fleet_identity,
     open_status_repo,
     principal,
     release_versions,
     status_heads,
 )
-from reconciler.status_verdicts import (
-    Verdict,
-    cache_path,
-    cacheable,
-    decide,
-    entry_key,
-    load_verdicts,
-    save_verdicts,
-)
+from reconciler.status_verdicts import head_verdicts
 from reconciler.timestamps import format_timestamp, now
-
-
-def head_verdicts(
-    repo: StatusRepo, heads: dict[str, str], keys: dict[str, str | None], recheck: bool = False
-) -> dict[str, Verdict]:
-    """node -> the verdict on its head: from the cache where it has one for this head and key
-    (unless `recheck`), else checked now, reading only those heads' objects."""
-    path = cache_path(repo.git_dir)
-    cached = {} if recheck else load_verdicts(path)
-    verdicts: dict[str, Verdict] = {}
-    keep: dict[str, Verdict] = {}
-    todo: list[str] = []
-    for node, head in heads.items():
-        key = keys.get(node)
-        name = entry_key(node, head, key) if key is not None else None
-        if name is not None and name in cached:
-            verdicts[node] = keep[name] = cached[name]
-        else:
-            todo.append(node)
-    objects = cat_batch(repo, [x for n in todo for x in (heads[n], f"{heads[n]}:{STATUS_FILE}")])
-    for i, node in enumerate(todo):
-        raw, blob, key = objects[2 * i], objects[2 * i + 1], keys.get(node)
-        verdicts[node] = decide(node, heads[node], raw, blob, key)
-        if key is not None and cacheable(raw, blob, key):
-            keep[entry_key(node, heads[node], key)] = verdicts[node]
-    if todo or len(keep) != len(cached):
-        save_verdicts(path, keep)
-    return verdicts
 
 
 def fleet_report(
