@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from node_agent.banks import ComponentBanks
+from node_agent.bundle_import import missing_prerequisites, unpack_bundle
 from node_agent.busy import busy_reason
 from node_agent.cli import summary
 from node_agent.config import AgentConfig, ConfigError
@@ -48,6 +49,7 @@ from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
 from reconciler.maintenance import WindowInvalid, window_state
 from reconciler.node_plan import Desired, choose_patch, desired_components, plan
+from reconciler.offline_bundle import BLOBS, GIT_BUNDLE, BundleInvalid, check_fits
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
 from reconciler.render import render_node
@@ -117,6 +119,8 @@ class Agent:
         self.origin_down = False
         self.fetched_bytes = 0
         self.staged = False
+        # An unpacked offline bundle's blobs, while `import_bundle` runs.
+        self.local_blobs: Path | None = None
 
     def _event(self, event: str, **fields: Any) -> None:
         self.log.info(event, **fields)
@@ -151,6 +155,81 @@ class Agent:
             self._write_metrics(journal, code)
             self.report(journal)
             return Outcome(code, journal, self.checks, self.staged)
+
+    def import_bundle(self, bundle: Path) -> Outcome:
+        """One cycle from an offline bundle instead of the origin: the same verification,
+        decisions, exit codes and rollback as `once`. A bundle that is damaged, another
+        fleet's, older than what the node runs, or builds on commits the node lacks is refused
+        before anything changes."""
+        with self.locked():
+            journal = self.journal_file.load(self.config.node)
+            self.checks = []
+            self.fetched_bytes = 0
+            self.staged = False
+            work = self.config.state_dir / "import"
+            manifest = unpack_bundle(bundle, work)
+            try:
+                fleet = self.pinned_root(journal).fleet
+                news = check_fits(manifest, fleet, journal.accepted_version, str(bundle))
+                repo_dir = self.config.state_dir / "repo"
+                problem = (
+                    missing_prerequisites(repo_dir, work / GIT_BUNDLE)
+                    if (repo_dir / "HEAD").is_file()
+                    else ("the node has no repository yet" if manifest.since else None)
+                )
+                if problem is not None:
+                    raise BundleInvalid(
+                        f"{bundle}: it was made --since {manifest.since} and this node lacks"
+                        f" the commits it builds on ({problem}); expected a bundle made --since"
+                        f" the release the node runs ({journal.release}) or without --since."
+                        " Nothing was changed",
+                        rule="prerequisite",
+                    )
+                self.log.info(
+                    "import.start",
+                    bundle=str(bundle),
+                    releases=list(manifest.releases),
+                    since=manifest.since,
+                    news=news,
+                )
+                if not news:
+                    self.log.info("import.nothing_new", release=journal.release)
+                    code = 3 if journal.state == "rejected" else 0
+                    return Outcome(code, journal, [], False)
+                origin = self.transport
+                # Bound to the origin before the swap: status is never pushed to a bundle.
+                self.status_branch(journal)
+                self.transport = Transport(
+                    origin.repo_dir, str(work / GIT_BUNDLE), log=self._event, bundle=True
+                )
+                self.local_blobs = work / BLOBS
+                # No route to the origin is assumed: status is committed and queued for
+                # `export-status` or the next push.
+                self.origin_down = True
+                try:
+                    code = self._cycle(journal)
+                finally:
+                    self.transport = origin
+                    self.local_blobs = None
+                self._write_metrics(journal, code)
+                self.report(journal)
+                self.log.info("import.done", exit_code=code, release=journal.release)
+                return Outcome(code, journal, self.checks, self.staged)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def export_status(self, out: Path) -> int:
+        """Write the status commits not known to be delivered as a git bundle to `out`;
+        returns how many it holds (0: nothing written)."""
+        with self.locked():
+            journal = self.journal_file.load(self.config.node)
+            branch = self.status_branch(journal)
+            if branch is None:
+                raise ConfigError(
+                    f"{self.config.identity_key}: this node cannot sign status, so it has none"
+                    " to export; see the log's status.disabled"
+                )
+            return branch.export(out)
 
     def _cycle(self, journal: Journal) -> int:
         recovered = self.recover(journal)
@@ -371,6 +450,7 @@ class Agent:
             [*self.config.artifact_sources, *fleet_sources],
             backoff_file=self.config.state_dir / "sources.json",
             log=self._event,
+            local_blobs=self.local_blobs,
         )
 
     def _deferral(self, rendered: dict[str, Any]) -> tuple[str, str] | None:

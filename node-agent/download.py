@@ -38,6 +38,8 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 # Enough for a CDN's usual hop or two; a loop or a chain longer than this is a broken source.
 _MAX_REDIRECTS = 5
 _USER_AGENT = "edgefleet-agent"
+# Not a source that can recover: a bad blob in a bundle stays bad, so it is never backed off.
+_BUNDLE_KEY = "bundle:"
 
 
 @dataclass(frozen=True)
@@ -193,9 +195,13 @@ class Fetcher:
         backoff_file: Path | None = None,
         log: LogFn | None = None,
         clock: Callable[[], float] = time.time,
+        local_blobs: Path | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.sources = tuple(sources)
+        # An unpacked offline bundle's blobs/<sha256>: tried before any source, whatever the
+        # catalog's URL, and read through the same size cut-off and digest check.
+        self.local_blobs = local_blobs
         self.limits = limits
         self.backoff_file = backoff_file
         self._log = log
@@ -260,18 +266,24 @@ class Fetcher:
         finally:
             part.close()
 
-    def _candidates(self, url: str) -> list[tuple[str, str]]:
+    def _candidates(self, url: str, sha256: str) -> list[tuple[str, str]]:
         """(backoff key, URL to get) in the order to try them."""
+        first: list[tuple[str, str]] = []
+        if self.local_blobs is not None and (self.local_blobs / sha256).is_file():
+            first = [(_BUNDLE_KEY, (self.local_blobs / sha256).as_uri())]
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme:
             # An absolute URL names its own host; its backoff is kept per scheme and host.
-            return [(f"{parsed.scheme}://{parsed.netloc}/", url)]
-        return [(source, source.rstrip("/") + "/" + url.lstrip("/")) for source in self.sources]
+            return [*first, (f"{parsed.scheme}://{parsed.netloc}/", url)]
+        return [
+            *first,
+            *((source, source.rstrip("/") + "/" + url.lstrip("/")) for source in self.sources),
+        ]
 
     def _from_sources(
         self, url: str, sha256: str, size: int, part: _Part, final: Path, started: float
     ) -> Fetched:
-        candidates = self._candidates(url)
+        candidates = self._candidates(url, sha256)
         self._load_backoff()
         now = self._clock()
         waiting: dict[str, float] = {}
@@ -558,6 +570,8 @@ class Fetcher:
         return entry["next_try_at"]
 
     def _failed(self, key: str) -> None:
+        if key == _BUNDLE_KEY:
+            return
         limits = self.limits
         failures = int(self._backoff.get(key, {}).get("failures", 0)) + 1
         # Capped: the delay reaches backoff_max long before, and 2**n would overflow a float.

@@ -15,10 +15,13 @@ alone and reported, and the queue waits.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from node_agent.errors import OriginUnreachable
@@ -45,6 +48,9 @@ from reconciler.timestamps import format_timestamp, now, parse_timestamp
 
 # Commit times come from the node's own clock, which may step back a little (NTP).
 _CLOCK_SLACK_S = 3600
+# Undelivered commits kept before the oldest heartbeats are coalesced: ten days of hourly
+# heartbeats, or a month offline at the default with a few changes a day.
+DEFAULT_MAX_QUEUED = 256
 
 
 class StatusBranchError(Exception):
@@ -69,8 +75,10 @@ class StatusBranch:
         signer: SigningKey,
         log: Callable[..., Any],
         warn: Callable[..., Any] | None = None,
+        max_queued: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self.transport = transport
+        self.max_queued = max_queued
         self.node = node
         self.fleet = fleet
         self.signer = signer
@@ -80,6 +88,8 @@ class StatusBranch:
         self.ref = f"refs/heads/{branch(node)}"
         # The origin's head as last seen: what a push does not need to send again.
         self.pushed_ref = f"refs/remotes/origin/{branch(node)}"
+        # The head last written by `export`: carried away on a stick, so never rewritten.
+        self.exported_ref = f"refs/edgefleet/exported/{branch(node)}"
 
     # --- local plumbing ------------------------------------------------------------------
 
@@ -134,14 +144,16 @@ class StatusBranch:
         span = f"{pushed}..{head}" if pushed else head
         return int(self._git("rev-list", "--count", span) or 0)
 
-    def _write_commit(self, doc: Mapping[str, Any], parent: str | None, when: datetime) -> str:
+    def _write_commit(
+        self, doc: Mapping[str, Any], parent: str | None, when: datetime, note: str = ""
+    ) -> str:
         blob = self._git("hash-object", "-w", "--stdin", data=encode(doc))
         tree = self._git("mktree", data=f"100644 blob {blob}\t{STATUS_FILE}\n".encode())
         raw = commit_object(
             tree=tree,
             parents=(parent,) if parent else (),
             author=person(self.node, f"{self.node}@{self.fleet}", when),
-            message=commit_message(doc),
+            message=commit_message(doc) + (f"{note}\n" if note else ""),
             signer=self.signer,
         )
         return self._git("hash-object", "-t", "commit", "-w", "--stdin", data=raw)
@@ -182,7 +194,128 @@ class StatusBranch:
             kind=event,
             sequence=doc["sequence"],
         )
-        return commit
+        return self._bound_queue() or commit
+
+    # --- the bounded queue -----------------------------------------------------------------
+
+    def _queue_base(self, head: str) -> str | None:
+        """The newest commit that left this node (pushed, or exported on a stick): the queue
+        is what follows it, and only that may be rewritten."""
+        base: str | None = None
+        for ref in (self.pushed_ref, self.exported_ref):
+            sha = self._resolve(ref)
+            if sha is None or not self._is_ancestor(sha, head):
+                continue
+            if base is None or self._is_ancestor(base, sha):
+                base = sha
+        return base
+
+    def _is_ancestor(self, old: str, new: str) -> bool:
+        return self._run("merge-base", "--is-ancestor", old, new).returncode == 0
+
+    def _bound_queue(self) -> str | None:
+        """Keep the undelivered commits at most `max_queued` by coalescing the oldest runs of
+        heartbeats, each into its last one; a change of state is never dropped. Returns the
+        new head when the queue was rewritten (it was never published, so nothing anyone has
+        seen changes), else None."""
+        head = self.head()
+        if head is None:
+            return None
+        base = self._queue_base(head)
+        span = (head, f"^{base}") if base else (head,)
+        if int(self._git("rev-list", "--count", *span) or 0) <= self.max_queued:
+            return None
+        queue = self._git("rev-list", "--reverse", *span).split()
+        docs = [self.document(c) for c in queue]
+        # Coalesce well below the bound, so a long outage rewrites the queue now and then,
+        # not on every heartbeat.
+        target = max(1, self.max_queued * 3 // 4)
+        excess = len(queue) - target
+        dropped: set[int] = set()
+        for i in range(len(queue) - 1):
+            if len(dropped) >= excess:
+                break
+            here, after = docs[i], docs[i + 1]
+            if (
+                here is not None
+                and after is not None
+                and here.get("event") == "heartbeat"
+                and after.get("event") == "heartbeat"
+            ):
+                dropped.add(i)
+        if not dropped:
+            self.warn(
+                "status.queue_full",
+                queued=len(queue),
+                limit=self.max_queued,
+                reason="every undelivered commit is a change of state; none is dropped",
+            )
+            return None
+        kept: list[tuple[str, str]] = []
+        run: list[int] = []
+        for i, commit in enumerate(queue):
+            if i in dropped:
+                run.append(i)
+                continue
+            note = ""
+            if run:
+                first = docs[run[0]]
+                assert first is not None
+                note = (
+                    f"Edgefleet-Coalesced: {len(run)} earlier heartbeat(s) from"
+                    f" {first['observedAt']}"
+                )
+            kept.append((commit, note))
+            run = []
+        new_head = self._remake(kept, base)
+        self._move(new_head, head)
+        self.log("status.coalesced", heartbeats=len(dropped), queued=len(kept), head=new_head)
+        return new_head
+
+    def _remake(self, commits: list[tuple[str, str]], parent: str | None) -> str:
+        """Re-make `commits` (oldest first, each with a note for its message) on `parent`,
+        numbered on from it, each keeping its own time; returns the last one made."""
+        previous = self.document(parent) if parent else None
+        sequence = previous["sequence"] if previous else 0
+        made = parent
+        for commit, note in commits:
+            doc = self.document(commit)
+            if doc is None:
+                continue
+            sequence += 1
+            fields = self._commit_fields(commit)
+            when = datetime.fromtimestamp(fields.committed_at, UTC) if fields else now()
+            made = self._write_commit({**doc, "sequence": sequence}, made, when, note)
+        assert made is not None
+        return made
+
+    # --- carrying it by hand ---------------------------------------------------------------
+
+    def export(self, out: Path) -> int:
+        """The commits not known to be at the origin, as a git bundle of this branch written
+        atomically to `out`; returns how many (0: nothing queued, nothing written). A commit
+        carried before is carried again until a push or a fetch shows the origin has it:
+        `edgefleet status import` lands each commit once however often it arrives."""
+        head, pushed = self.refs()
+        if head is None:
+            return 0
+        count = int(self._git("rev-list", "--count", head, *((f"^{pushed}",) if pushed else ())))
+        if count == 0:
+            return 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            self._git("bundle", "create", "-q", tmp, self.ref, *((f"^{pushed}",) if pushed else ()))
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+            Path(tmp).replace(out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._git("update-ref", self.exported_ref, head)
+        self.log("status.exported", commits=count, head=head, out=str(out))
+        return count
 
     def _next_sequence(self, head: str | None) -> int:
         return int(self._git("rev-list", "--count", head) or 0) + 1 if head else 1
@@ -270,17 +403,7 @@ class StatusBranch:
             )
             return False
         mine = self._git("rev-list", "--reverse", head, f"^{remote}").split()
-        parent = remote
-        previous = self.document(remote)
-        sequence = previous["sequence"] if previous else 0
-        for commit in mine:
-            doc = self.document(commit)
-            if doc is None:
-                continue
-            sequence += 1
-            fields = self._commit_fields(commit)
-            when = datetime.fromtimestamp(fields.committed_at, UTC) if fields else now()
-            parent = self._write_commit({**doc, "sequence": sequence}, parent, when)
+        parent = self._remake([(c, "") for c in mine], remote)
         self._move(parent, head)
         self.log("status.rebuilt", commits=len(mine), onto=remote)
         return True

@@ -95,9 +95,13 @@ class Transport:
         url: str,
         limits: TransportLimits | None = None,
         log: Callable[..., Any] | None = None,
+        bundle: bool = False,
     ) -> None:
         self.repo_dir = repo_dir
         self.url = url
+        # A git bundle file (an offline import): it holds what it holds, so it is fetched
+        # whole, and tags it lacks stay (it is not the origin's full list).
+        self.bundle = bundle
         self.limits = limits or TransportLimits()
         self.env = _git_env(self.limits)
         self.log = log or (lambda event, **fields: None)
@@ -151,16 +155,15 @@ class Transport:
         """Bring the local release tags level with the origin's; returns them, name -> id."""
         remote = self.remote_tags()
         local = self.local_tags()
-        if remote == local:
+        if remote == local or (self.bundle and remote.items() <= local.items()):
             return local
         self.clear_stale_locks()
         try:
             self._git(
                 "fetch",
-                "--depth=1",
+                *(() if self.bundle else ("--depth=1", "--prune")),
                 "--no-tags",
                 "--no-write-fetch-head",
-                "--prune",
                 self.url,
                 f"+{RELEASE_REFS}:{RELEASE_REFS}",
                 timeout=self.limits.fetch_timeout_s,

@@ -31,6 +31,7 @@ FAMILIES = {
     "hook": "hook",
     "demo": "demo",
     "rollout": "rollout",
+    "bundle": "bundle",
 }
 
 

@@ -117,6 +117,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status_import(args: argparse.Namespace) -> int:
+    # Imported here: checking signatures and policy is not what plain `status` pays for.
+    from reconciler.commands.status_import import cmd_status_import as import_files
+
+    return import_files(args)
+
+
 def cmd_fold(args: argparse.Namespace) -> int:
     # Imported here: folding signs and writes commits, which plain `status` never loads.
     from reconciler.keyfiles import load_signing_key
@@ -187,3 +194,16 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     fold_p.add_argument("--key", help="sign the fold's merge commit with this key")
     fold_p.add_argument("--no-fetch", action="store_true", help="do not fetch first")
     fold_p.set_defaults(func=cmd_fold)
+    imp = actions.add_parser(
+        "import",
+        parents=[common],
+        help="land status carried back from offline nodes (`edgefleet-agent export-status`)",
+        description="Checks every commit as the pre-receive hook would (signed by its node,"
+        " valid status, fast-forward only) and lands them on status/<node>: in place when"
+        " --repo is the origin's own repository, else by a push to its origin. Commits already"
+        " there are not added again. Exit 0 landed (or nothing new), 1 refused, 2 usage.",
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE", help="bundles from export-status")
+    imp.add_argument("--repo", default=".", help="the fleet repository (default: .)")
+    imp.add_argument("--no-fetch", action="store_true", help="do not fetch from origin first")
+    imp.set_defaults(func=cmd_status_import)
