@@ -37,7 +37,12 @@ from node_agent.journal import (
 )
 from node_agent.metrics import render as render_metrics
 from node_agent.metrics import write as write_metrics
-from node_agent.status_branch import Delivery, StatusBranch, StatusBranchError
+from node_agent.status_branch import (
+    DEFAULT_MAX_QUEUED,
+    Delivery,
+    StatusBranch,
+    StatusBranchError,
+)
 from node_agent.transport import Transport, fingerprint
 
 from reconciler import __version__
@@ -104,8 +109,10 @@ class Agent:
         config: AgentConfig,
         log: Any,
         clock: Callable[[], datetime] = now,
+        status_queue_limit: int = DEFAULT_MAX_QUEUED,
     ) -> None:
         self.config = config
+        self.status_queue_limit = status_queue_limit
         self.log = log
         self.clock = clock
         state = config.state_dir
@@ -955,7 +962,13 @@ class Agent:
                 self.log.error("status.disabled", reason=str(exc))
                 return None
             self._status = StatusBranch(
-                self.transport, self.config.node, fleet, signer, self._event, self.log.warning
+                self.transport,
+                self.config.node,
+                fleet,
+                signer,
+                self._event,
+                self.log.warning,
+                max_queued=self.status_queue_limit,
             )
         return self._status
 
