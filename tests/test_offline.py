@@ -293,3 +293,73 @@ def test_a_forged_release_in_a_well_formed_bundle_is_rejected_as_a_pull_would_be
     assert error["release"] == 2 and error["rule"] == "threshold", error
     assert "got 0 valid signature(s)" in error["reason"], error
     assert node.snapshot() == before
+
+
+def test_status_carried_under_another_nodes_name_is_refused_and_nothing_lands(
+    tmp_path: Path,
+) -> None:
+    fleet = LiveFleet(tmp_path)
+    fleet.standard()
+    fleet.publish()
+    node = NodeAgent(fleet, "edge-1")
+    code, info = node.once()
+    assert code == 0, info["_stderr"]
+    repo = node.state / "repo"
+    # edge-1's genuinely signed commits, offered as edge-2's history.
+    subprocess.run(
+        ["git", "--git-dir", str(repo), "update-ref", "refs/heads/status/edge-2",
+         "refs/heads/status/edge-1"],
+        check=True,
+    )  # fmt: skip
+    forged = tmp_path / "edge-2.status"
+    subprocess.run(
+        ["git", "--git-dir", str(repo), "bundle", "create", "-q", str(forged),
+         "refs/heads/status/edge-2"],
+        check=True,
+    )  # fmt: skip
+    refs_before = subprocess.run(
+        ["git", "--git-dir", str(fleet.origin), "for-each-ref"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = edgefleet("status", "import", str(forged), "--repo", str(fleet.origin), check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refs/heads/status/edge-2" in done.stderr and "nothing landed" in done.stderr
+    refs_after = subprocess.run(
+        ["git", "--git-dir", str(fleet.origin), "for-each-ref"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert refs_after == refs_before
+
+
+def test_bundle_create_says_what_is_wrong(
+    offline: tuple[LiveFleet, NodeAgent], tmp_path: Path
+) -> None:
+    fleet, _ = offline
+    publish_v2_v3(fleet)
+    unknown = edgefleet(
+        "bundle", "create", "--repo", str(fleet.path), "--out", str(tmp_path / "x.efb"),
+        "--since", "9", check=False,
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "got no tag release/9" in unknown.stderr
+    nobody = edgefleet(
+        "bundle", "create", "--repo", str(fleet.path), "--out", str(tmp_path / "x.efb"),
+        "--nodes", "region=mars", check=False,
+    )  # fmt: skip
+    assert nobody.returncode == 2 and "no node" in nobody.stderr
+    (fleet.store / "sha256" / fleet.artifacts["settings@3.0.0"].digest).unlink()
+    lacking = edgefleet(
+        "bundle", "create", "--repo", str(fleet.path), "--out", str(tmp_path / "x.efb"),
+        "--artifacts", str(fleet.store), "--since", "1", check=False,
+    )  # fmt: skip
+    assert lacking.returncode == 1 and "lacks settings@3.0.0" in lacking.stderr, lacking.stderr
+    assert not (tmp_path / "x.efb").exists()
+    # Without a store the bundle carries releases only, and says so.
+    bare = edgefleet(
+        "bundle", "create", "--repo", str(fleet.path), "--out", str(tmp_path / "x.efb"),
+        "--nodes", "name=edge-1",
+    )  # fmt: skip
+    assert json.loads(bare.stdout)["blobs"] == 0 and "no --artifacts" in bare.stderr
