@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                 "file path": NodeAgent(fleet, "edge-2", repo_url=str(fleet.origin)),
             }
             for origin, node in nodes.items():
-                node.write_config(origins[origin], pollInterval="1h")
+                node.write_config(origins[origin], pollInterval="1h", startJitter="0s")
                 converge(node)
             setup_seconds = time.perf_counter() - started
             print(f"setup: fleet, release 1 and two converged nodes in {setup_seconds:.1f} s")
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             del running  # the in-process agents hold no lock between cycles; drop them anyway
 
             fresh = NodeAgent(fleet, "edge-3", repo_url=url)
-            fresh.write_config(url, pollInterval="1h")
+            fresh.write_config(url, pollInterval="1h", startJitter="0s")
             memory = [
                 idle_memory(
                     fresh, "(i) fresh node: first cycle installs, runs the ONNX check", base / "i"

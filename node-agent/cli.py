@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from node_agent import poll_loop as _poll_loop
 from node_agent.config import AgentConfig, load_config
 from node_agent.journal import Journal, JournalFile
 
 from reconciler import __version__
 from reconciler.cli import run
+
+if TYPE_CHECKING:
+    # The agent module loads what a cycle needs; `status` and `check-config` do without.
+    from node_agent.agent import Agent, Outcome
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -31,6 +35,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         "artifactSources": list(config.artifact_sources),
         "pollIntervalSeconds": config.poll_interval,
         "heartbeatIntervalSeconds": config.heartbeat_interval,
+        # None: the poll interval in effect, which may come from the fleet at run time.
+        "startJitterSeconds": config.start_jitter,
+        "maxBackoffSeconds": config.max_backoff,
+        "busy": {
+            "file": str(config.busy_file) if config.busy_file else None,
+            "command": list(config.busy_command),
+            "timeoutSeconds": config.busy_timeout,
+        },
         "logFormat": config.log_format,
     }
     if args.json:
@@ -101,15 +113,37 @@ def _print_summary(info: dict[str, Any], as_json: bool) -> None:
         print(f"  last error{about}: {error['reason']}")
 
 
-def cmd_once(args: argparse.Namespace) -> int:
+def _agent(args: argparse.Namespace) -> tuple[AgentConfig, Agent]:
     from node_agent.agent import Agent
     from node_agent.logs import configure
 
     config = load_config(Path(args.config))
-    log = configure(config.node, config.log_format)
-    outcome = Agent(config, log).once()
-    _print_summary(summary(outcome.journal, config, outcome.checks), args.json)
+    return config, Agent(config, configure(config.node, config.log_format))
+
+
+def _report(config: AgentConfig, outcome: Outcome, as_json: bool) -> int:
+    _print_summary(summary(outcome.journal, config, outcome.checks), as_json)
     return outcome.exit_code
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config, agent = _agent(args)
+    return _report(config, agent.once(), args.json)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    config, agent = _agent(args)
+    return _report(config, agent.import_bundle(Path(args.bundle)), args.json)
+
+
+def cmd_export_status(args: argparse.Namespace) -> int:
+    config, agent = _agent(args)
+    count = agent.export_status(Path(args.out))
+    if count:
+        print(f"{args.out}: {count} status commit(s) of node {config.node}")
+    else:
+        print(f"node {config.node}: no status commit is queued; nothing written")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -123,11 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from node_agent.agent import Agent
     from node_agent.logs import configure
 
-    from reconciler.errors import EdgeFleetError
-
     config = load_config(Path(args.config))
     log = configure(config.node, config.log_format)
-    agent = Agent(config, log)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -137,41 +168,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    failures = 0
-    log.info("agent.start", interval=config.poll_interval or "fleet", origin=config.repo)
-    while not stop.is_set():
-        interval = config.poll_interval or DEFAULT_POLL_S
-        try:
-            outcome = agent.once()
-            code = outcome.exit_code
-            interval = config.poll_interval or outcome.journal.poll_interval or DEFAULT_POLL_S
-        except EdgeFleetError as exc:
-            log.error("cycle.error", reason=str(exc), exit_code=exc.exit_code)
-            code = exc.exit_code
-        except Exception as exc:
-            # A service that dies on a surprise is restarted in a loop by systemd; one that
-            # logs it and backs off keeps its state and its schedule.
-            log.exception("cycle.crashed", reason=f"{type(exc).__name__}: {exc}")
-            code = 70
-        failures = failures + 1 if code in (1, 70, 75) else 0
-        delay = next_delay(interval, failures)
-        log.info("cycle.done", exit_code=code, next_in=round(delay, 1))
-        stop.wait(delay)
-    log.info("agent.stopped")
+    _poll_loop.poll_loop(Agent(config, log), config, log, stop)
     return 0
 
 
-DEFAULT_POLL_S = 60
-
-
-def next_delay(interval: float, failures: int, rng: random.Random | None = None) -> float:
-    """The poll interval with +-10% jitter; after failures, jittered exponential backoff
-    (capped at 32 intervals), so that nodes returning from an outage do not stampede."""
-    rng = rng or random.Random()
-    if failures <= 0:
-        return float(interval * rng.uniform(0.9, 1.1))
-    ceiling = interval * min(2 ** (failures - 1), 32)
-    return float(rng.uniform(ceiling / 2, ceiling))
+# The delay policy lives with the loop (node_agent.poll_loop); these names stay importable.
+DEFAULT_POLL_S = _poll_loop.DEFAULT_POLL_S
+next_delay = _poll_loop.next_delay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", required=True, help="the agent's configuration file")
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(func=cmd_status)
+
+    imp = sub.add_parser(
+        "import",
+        parents=[common],
+        help="apply an offline bundle (`edgefleet bundle create`); exit codes as `once`",
+    )
+    imp.add_argument("bundle", metavar="BUNDLE", help="the bundle file")
+    imp.add_argument("--config", required=True, help="the agent's configuration file")
+    imp.add_argument("--json", action="store_true", help="print the node's state as JSON")
+    imp.set_defaults(func=cmd_import)
+
+    export = sub.add_parser(
+        "export-status",
+        parents=[common],
+        help="write the queued status commits as a bundle to carry back (`edgefleet status"
+        " import`)",
+    )
+    export.add_argument("--config", required=True, help="the agent's configuration file")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.set_defaults(func=cmd_export_status)
     return parser
 
 

@@ -33,11 +33,23 @@ class AgentConfig:
     busy_file: Path | None = None
     busy_command: tuple[str, ...] = ()
     busy_timeout: float = 10.0
+    # The first poll of `run` waits uniform(0, start_jitter) seconds, so that nodes powered
+    # back on together after a regional outage do not all reach the origin in the same
+    # second. None: the poll interval in effect; 0: poll at once.
+    start_jitter: int | None = None
+    # The absolute cap of the retry backoff, on top of the cap of 32 poll intervals: with a
+    # long interval, 32 of them would leave a node that saw one outage silent for a day.
+    max_backoff: int = 3600
 
 
 def _looks_like_path(repo: str) -> bool:
     # git's own rule: a colon before the first slash makes "host:path" an SSH address.
     return "://" not in repo and ":" not in repo.split("/", 1)[0]
+
+
+def _jitter(text: str) -> int:
+    # Durations in documents are positive; the schema lets this one be 0s to turn it off.
+    return 0 if text[0] == "0" else parse_duration(text)
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -81,4 +93,6 @@ def load_config(path: Path) -> AgentConfig:
         busy_file=local(busy["file"]) if "file" in busy else None,
         busy_command=tuple(busy.get("command", ())),
         busy_timeout=float(busy.get("timeoutSeconds", 10)),
+        start_jitter=_jitter(doc["startJitter"]) if "startJitter" in doc else None,
+        max_backoff=parse_duration(doc.get("maxBackoff", "1h")),
     )

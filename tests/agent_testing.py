@@ -328,22 +328,28 @@ def free_port() -> int:
         return port
 
 
+def daemon_command(base: Path, port: int, *extra: str) -> list[str]:
+    """`git daemon` exporting every repository under `base` on 127.0.0.1:`port` only."""
+    return [
+        "git",
+        "daemon",
+        "--reuseaddr",
+        "--export-all",
+        *extra,
+        "--listen=127.0.0.1",
+        f"--port={port}",
+        f"--base-path={base}",
+        str(base),
+    ]
+
+
 @contextmanager
 def git_daemon(base: Path) -> Iterator[int]:
     """`git daemon` serving every repository under `base` on 127.0.0.1; yields its port and
     stops it at the end."""
     port = free_port()
     proc = subprocess.Popen(
-        [
-            "git",
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--listen=127.0.0.1",
-            f"--port={port}",
-            f"--base-path={base}",
-            str(base),
-        ],
+        daemon_command(base, port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
