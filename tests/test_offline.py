@@ -151,8 +151,10 @@ def test_bundle_brings_a_node_from_1_to_3_and_its_status_comes_back(
     done = node.run("export-status", "--out", str(out))
     assert done.returncode == 0 and "status commit(s)" in done.stdout, done.stderr
     origin = str(fleet.origin)
-    landed = edgefleet("status", "import", str(out), "--repo", origin)
+    # From the operator's clone: checked here, then pushed to the origin.
+    landed = edgefleet("status", "import", str(out), "--repo", str(fleet.path))
     assert "landed" in landed.stdout, landed.stdout
+    # In the origin's own repository: it already has every commit, and nothing is added.
     again = edgefleet("status", "import", str(out), "--repo", origin)
     assert "already has every commit" in again.stdout, again.stdout
     log_lines = subprocess.run(
