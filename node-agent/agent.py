@@ -174,10 +174,18 @@ class Agent:
             self.fetched_bytes = 0
             self.staged = False
             work = self.config.state_dir / "import"
-            manifest = unpack_bundle(bundle, work)
+            try:
+                manifest = unpack_bundle(bundle, work)
+            except BundleInvalid as exc:
+                self._refused_bundle(bundle, exc)
+                raise
             try:
                 fleet = self.pinned_root(journal).fleet
-                news = check_fits(manifest, fleet, journal.accepted_version, str(bundle))
+                try:
+                    news = check_fits(manifest, fleet, journal.accepted_version, str(bundle))
+                except BundleInvalid as exc:
+                    self._refused_bundle(bundle, exc)
+                    raise
                 repo_dir = self.config.state_dir / "repo"
                 problem = (
                     missing_prerequisites(repo_dir, work / GIT_BUNDLE)
@@ -185,13 +193,15 @@ class Agent:
                     else ("the node has no repository yet" if manifest.since else None)
                 )
                 if problem is not None:
-                    raise BundleInvalid(
+                    refusal = BundleInvalid(
                         f"{bundle}: it was made --since {manifest.since} and this node lacks"
                         f" the commits it builds on ({problem}); expected a bundle made --since"
                         f" the release the node runs ({journal.release}) or without --since."
                         " Nothing was changed",
                         rule="prerequisite",
                     )
+                    self._refused_bundle(bundle, refusal)
+                    raise refusal
                 self.log.info(
                     "import.start",
                     bundle=str(bundle),
@@ -224,6 +234,11 @@ class Agent:
                 return Outcome(code, journal, self.checks, self.staged)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+
+    def _refused_bundle(self, bundle: Path, exc: BundleInvalid) -> None:
+        # Only logged: nothing happened to the node, so its journal and status stay as they
+        # were, but the log keeps a record that someone tried this stick.
+        self.log.warning("import.refused", bundle=str(bundle), rule=exc.rule, reason=str(exc))
 
     def export_status(self, out: Path) -> int:
         """Write the status commits not known to be delivered as a git bundle to `out`;

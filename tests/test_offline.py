@@ -237,6 +237,8 @@ def test_a_damaged_or_foreign_bundle_is_refused_with_nothing_changed(
     assert code == 3, log
     assert expected in log, log
     assert str(bad) in log
+    # Recorded in the agent's log, and nowhere on the node.
+    assert '"import.refused"' in log, log
     assert state_of(node) == before
     # The undamaged copy still works afterwards: a refusal leaves nothing in the way.
     code, info, log = imported(node, good)

@@ -10,7 +10,6 @@ it travels; the node checks everything again regardless.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import subprocess
@@ -291,7 +290,7 @@ def cmd_bundle_create(args: argparse.Namespace) -> int:
         "nodes": len(manifest.nodes),
         "blobs": len(blobs),
         "bytes": size,
-        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "sha256": sha256_file(out),
     }
     print(json.dumps(summary, indent=2))
     for warning in expiry_warnings(repo, manifest):
