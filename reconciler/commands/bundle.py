@@ -24,6 +24,7 @@ from typing import IO, Any
 import git
 
 from reconciler.atomic import atomic_output, sha256_file
+from reconciler.commands.artifacts import STORE_DIR
 from reconciler.commands.release import head_root, open_repo
 from reconciler.commands.rollout import verified_info
 from reconciler.errors import EdgeFleetError, RenderError, UsageError
@@ -46,8 +47,6 @@ from reconciler.rollout import in_wave
 from reconciler.rollout_gate import ReleaseInfo
 from reconciler.selectors import matches
 from reconciler.timestamps import format_timestamp, now, parse_timestamp
-
-STORE_DIR = "sha256"  # the layout `edgefleet artifacts add --store` writes
 
 
 class BundleFailed(EdgeFleetError):
