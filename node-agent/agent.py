@@ -54,7 +54,7 @@ from reconciler.git_tree import GitTreeFiles
 from reconciler.keyfiles import load_signing_key
 from reconciler.maintenance import WindowInvalid, window_state
 from reconciler.node_plan import Desired, choose_patch, desired_components, plan
-from reconciler.offline_bundle import BLOBS, GIT_BUNDLE, BundleInvalid, check_fits
+from reconciler.offline_bundle import BLOBS, GIT_BUNDLE, BundleInvalid, Manifest, check_fits
 from reconciler.release import VerifiedFiles, VerifiedRelease
 from reconciler.release_tags import ReleaseTag, release_tags
 from reconciler.render import render_node
@@ -175,33 +175,15 @@ class Agent:
             self.staged = False
             work = self.config.state_dir / "import"
             try:
-                manifest = unpack_bundle(bundle, work)
-            except BundleInvalid as exc:
-                self._refused_bundle(bundle, exc)
-                raise
-            try:
-                fleet = self.pinned_root(journal).fleet
                 try:
-                    news = check_fits(manifest, fleet, journal.accepted_version, str(bundle))
+                    manifest, news = self._admit_bundle(bundle, work, journal)
                 except BundleInvalid as exc:
-                    self._refused_bundle(bundle, exc)
-                    raise
-                repo_dir = self.config.state_dir / "repo"
-                problem = (
-                    missing_prerequisites(repo_dir, work / GIT_BUNDLE)
-                    if (repo_dir / "HEAD").is_file()
-                    else ("the node has no repository yet" if manifest.since else None)
-                )
-                if problem is not None:
-                    refusal = BundleInvalid(
-                        f"{bundle}: it was made --since {manifest.since} and this node lacks"
-                        f" the commits it builds on ({problem}); expected a bundle made --since"
-                        f" the release the node runs ({journal.release}) or without --since."
-                        " Nothing was changed",
-                        rule="prerequisite",
+                    # Only logged: nothing happened to the node, so its journal and status
+                    # stay as they were, but the log records that someone tried this stick.
+                    self.log.warning(
+                        "import.refused", bundle=str(bundle), rule=exc.rule, reason=str(exc)
                     )
-                    self._refused_bundle(bundle, refusal)
-                    raise refusal
+                    raise
                 self.log.info(
                     "import.start",
                     bundle=str(bundle),
@@ -235,10 +217,26 @@ class Agent:
             finally:
                 shutil.rmtree(work, ignore_errors=True)
 
-    def _refused_bundle(self, bundle: Path, exc: BundleInvalid) -> None:
-        # Only logged: nothing happened to the node, so its journal and status stay as they
-        # were, but the log keeps a record that someone tried this stick.
-        self.log.warning("import.refused", bundle=str(bundle), rule=exc.rule, reason=str(exc))
+    def _admit_bundle(self, bundle: Path, work: Path, journal: Journal) -> tuple[Manifest, bool]:
+        """The bundle unpacked under `work` and checked against this node, and whether it
+        brings a release newer than the node's; raises BundleInvalid otherwise."""
+        manifest = unpack_bundle(bundle, work)
+        fleet = self.pinned_root(journal).fleet
+        news = check_fits(manifest, fleet, journal.accepted_version, str(bundle))
+        repo_dir = self.config.state_dir / "repo"
+        problem = (
+            missing_prerequisites(repo_dir, work / GIT_BUNDLE)
+            if (repo_dir / "HEAD").is_file()
+            else ("the node has no repository yet" if manifest.since else None)
+        )
+        if problem is not None:
+            raise BundleInvalid(
+                f"{bundle}: it was made --since {manifest.since} and this node lacks the"
+                f" commits it builds on ({problem}); expected a bundle made --since the release"
+                f" the node runs ({journal.release}) or without --since. Nothing was changed",
+                rule="prerequisite",
+            )
+        return manifest, news
 
     def export_status(self, out: Path) -> int:
         """Write the status commits not known to be delivered as a git bundle to `out`;

@@ -92,9 +92,6 @@ class Manifest:
     def newest(self) -> int:
         return max(self.releases)
 
-    def member(self, name: str) -> Member | None:
-        return next((m for m in self.members if m.name == name), None)
-
     def as_json(self) -> dict[str, Any]:
         return {
             "format": BUNDLE_FORMAT,
