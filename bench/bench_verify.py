@@ -65,6 +65,7 @@ from reconciler.release import (  # noqa: E402
     VerifiedFiles,
     _unique_keys,
     envelope_from_message,
+    resolve_files,
     verify_release,
 )
 from reconciler.repo_files import DirectoryFiles  # noqa: E402
@@ -191,7 +192,8 @@ def measured(
         root = load_pinned_root(pinned)
         envelope = envelope_from_message(message, tag)
         release = verify_release(root, envelope, tag, Accepted(), now(), None, target)
-        return VerifiedFiles(release, DirectoryFiles(fleet)).verify_all()
+        digests, _ = resolve_files(release.payload, tag, None)
+        return VerifiedFiles(release, DirectoryFiles(fleet), digests).verify_all()
 
     return {A: sha256_alone, B: full, B_NOVAL: no_validation}
 
@@ -205,6 +207,7 @@ def phases(
     body = base64.b64decode(envelope["payload"])
     data = pae(RELEASE_PAYLOAD_TYPE, body)
     release = verify_release(root, envelope, tag, Accepted(), now(), None, None)
+    digests, _ = resolve_files(release.payload, tag, None)
     files = DirectoryFiles(fleet)
     steps: list[tuple[str, Callable[[], object]]] = [
         (
@@ -229,7 +232,7 @@ def phases(
         ),
         (
             "`VerifiedFiles(...).verify_all()` (read + SHA-256 + compare every file)",
-            lambda: VerifiedFiles(release, DirectoryFiles(fleet)).verify_all(),
+            lambda: VerifiedFiles(release, files, digests).verify_all(),
         ),
         (
             "↳ of which `DirectoryFiles.read` of every file",

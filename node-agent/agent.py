@@ -56,13 +56,13 @@ from reconciler.maintenance import WindowInvalid, window_state
 from reconciler.node_plan import Desired, choose_patch, desired_components, plan
 from reconciler.offline_bundle import BLOBS, GIT_BUNDLE, BundleInvalid, Manifest, check_fits
 from reconciler.release import VerifiedFiles, VerifiedRelease
-from reconciler.release_tags import ReleaseTag, release_tags
+from reconciler.release_tags import ReleaseTag, payload_loader, release_tags
 from reconciler.render import render_node
 from reconciler.rollout import in_wave
 from reconciler.status_doc import status_document
 from reconciler.timestamps import format_timestamp, now
 from reconciler.trust_root import TrustRoot, advance_root, load_pinned_root
-from reconciler.verify import verify_for_node
+from reconciler.verify import reads, verify_for_node
 
 # Trial starts a release may have before a restart gives up on it and rolls back: enough for
 # a power cut or two during a slow health check, not enough to loop on a crashing one.
@@ -258,12 +258,7 @@ class Agent:
         try:
             tags = self.transport.sync()
         except OriginUnreachable as exc:
-            self.origin_down = True
-            self.log.warning("fetch.unreachable", origin=self.config.repo, reason=str(exc))
-            journal.state = "offline"
-            journal.last_error = _error(None, exc, self.clock())
-            self.journal_file.save(journal)
-            return exc.exit_code
+            return self._offline(journal, exc)
         journal.last_sync = format_timestamp(self.clock())
         seen = fingerprint(tags)
         if (
@@ -272,7 +267,19 @@ class Agent:
             and journal.transaction is None
         ):
             return 3 if journal.state == "rejected" else 0
-        return self._decide_and_apply(journal, seen)
+        try:
+            return self._decide_and_apply(journal, seen)
+        except OriginUnreachable as exc:
+            # The origin went away between the tags and the files they sign.
+            return self._offline(journal, exc)
+
+    def _offline(self, journal: Journal, exc: OriginUnreachable) -> int:
+        self.origin_down = True
+        self.log.warning("fetch.unreachable", origin=self.config.repo, reason=str(exc))
+        journal.state = "offline"
+        journal.last_error = _error(None, exc, self.clock())
+        self.journal_file.save(journal)
+        return exc.exit_code
 
     def _decide_and_apply(self, journal: Journal, seen: str) -> int:
         candidate, refusal = self.decide(journal)
@@ -376,7 +383,8 @@ class Agent:
         """The newest release above the floor that verifies, and the refusal of a newer one."""
         repo = self.transport.repo
         floor = journal.accepted_version or 0
-        tags = [t for t in release_tags(repo) if t.version > floor]
+        every = release_tags(repo)
+        tags = [t for t in every if t.version > floor]
         checked_at = self.clock()
         refusal: dict[str, Any] | None = None
         try:
@@ -390,7 +398,9 @@ class Agent:
                 self.log.info("decide.skip_failed", release=tag.version)
                 continue
             try:
-                tree, (walked, release, files, fleet) = self._verify(journal, root, tag, checked_at)
+                tree, (walked, release, files, fleet) = self._verify(
+                    journal, root, tag, checked_at, every
+                )
             except (TrustError, ReleaseInvalid) as exc:
                 self.log.warning(
                     "verify.refused",
@@ -423,9 +433,19 @@ class Agent:
         return None, refusal
 
     def _verify(
-        self, journal: Journal, root: TrustRoot, tag: ReleaseTag, checked_at: datetime
+        self,
+        journal: Journal,
+        root: TrustRoot,
+        tag: ReleaseTag,
+        checked_at: datetime,
+        tags: list[ReleaseTag],
     ) -> tuple[GitTreeFiles, tuple[TrustRoot, VerifiedRelease, VerifiedFiles, FleetRepo]]:
         tree = GitTreeFiles(self.transport.repo, tag.target)
+        node = self.config.node
+        # The files this node reads, in one request; other nodes' files are never fetched.
+        self.transport.fetch_blobs(
+            (sha for path, (_, sha) in tree.entries.items() if reads(path, node)), tag.target
+        )
         return tree, verify_for_node(
             root,
             tag.name,
@@ -434,8 +454,9 @@ class Agent:
             tree,
             tree.paths(),
             journal.accepted,
-            self.config.node,
+            node,
             checked_at,
+            payload_loader(tags),
         )
 
     def _in_wave(self, fleet: FleetRepo, release: VerifiedRelease) -> bool:
@@ -939,16 +960,17 @@ class Agent:
     def _recovered_files(self, journal: Journal, txn: Transaction) -> Callable[[str], bytes] | None:
         """The release's files, verified again: a trial re-run reads its golden data anew."""
         repo = self.transport.repo
-        tag = next((t for t in release_tags(repo) if t.version == txn.release), None)
+        tags = release_tags(repo)
+        tag = next((t for t in tags if t.version == txn.release), None)
         try:
             if tag is None:
                 raise ReleaseInvalid(
                     [], f"release {txn.release}: its tag is gone from {repo.git_dir}"
                 )
             _, (_, _, files, _) = self._verify(
-                journal, self.pinned_root(journal), tag, self.clock()
+                journal, self.pinned_root(journal), tag, self.clock(), tags
             )
-        except (TrustError, ReleaseInvalid) as exc:
+        except (TrustError, ReleaseInvalid, OriginUnreachable) as exc:
             try:
                 self.rollback(journal, f"cannot re-verify it after a restart: {exc}")
             except ApplyFailed:

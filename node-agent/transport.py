@@ -4,6 +4,11 @@ A cycle first asks the origin for its release tags (`git ls-remote`, one round t
 fetches only when they differ from the local ones, so that a node with nothing to do costs
 the origin about what `git ls-remote` costs. A fetch takes only `refs/tags/release/*` at depth
 one: the signed commits, not the history behind them or any branch.
+
+The copy is a partial clone (`--filter=blob:none`): a fetch brings commits and trees, and the
+node then fetches, in one request, only the blobs of the files it renders from. So what a node
+downloads for a release does not grow with the number of nodes in the fleet. An origin that
+does not allow filters sends everything instead; the fetch says so in the log.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,10 @@ from node_agent.errors import OriginUnreachable
 from reconciler.errors import EdgeFleetError
 
 RELEASE_REFS = "refs/tags/release/*"
+# The promisor remote: lazy fetches of a partial clone go to a named remote, not to a URL.
+REMOTE = "origin"
+FILTER = "blob:none"
+_NO_FILTER = "filtering not recognized by server"
 _RELEASE_REF = re.compile(r"^refs/tags/release/[1-9][0-9]{0,17}$")
 
 
@@ -115,7 +124,27 @@ class Transport:
             else:
                 self.repo_dir.mkdir(parents=True, exist_ok=True)
                 self._repo = git.Repo.init(self.repo_dir, bare=True)
+            if not self.bundle:
+                self._promise(self._repo)
         return self._repo
+
+    def _promise(self, repo: git.Repo) -> None:
+        """Make the copy a partial clone of `url`, whatever it was before: a full copy made
+        by an older agent keeps its objects and fetches partially from now on, and a changed
+        `repo` in the configuration moves the remote."""
+        wanted = {
+            "core.repositoryformatversion": "1",
+            "extensions.partialclone": REMOTE,
+            f"remote.{REMOTE}.url": self.url,
+            f"remote.{REMOTE}.promisor": "true",
+            f"remote.{REMOTE}.partialclonefilter": FILTER,
+        }
+        listed: str = repo.git.config("--local", "--list")
+        have = dict(line.split("=", 1) for line in listed.splitlines() if "=" in line)
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return
+        for key, value in wanted.items():
+            repo.git.config(key, value)
 
     def _git(self, *args: str, timeout: float) -> str:
         out: str = self.repo.git.execute(
@@ -125,6 +154,21 @@ class Transport:
             with_extended_output=False,
         )
         return out
+
+    def _git_err(self, *args: str, timeout: float, stdin: str | None = None) -> str:
+        """Run git; returns what it said on standard error (a fetch's warnings)."""
+        done = subprocess.run(
+            ["git", "--git-dir", str(self.repo.git_dir), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **self.env},
+            check=False,
+        )
+        if done.returncode != 0:
+            raise git.GitCommandError(["git", *args], done.returncode, done.stderr, done.stdout)
+        return done.stderr
 
     def remote_tags(self) -> dict[str, str]:
         """The origin's release tags, name -> object id (one round trip)."""
@@ -158,21 +202,15 @@ class Transport:
         if remote == local or (self.bundle and remote.items() <= local.items()):
             return local
         self.clear_stale_locks()
-        try:
-            self._git(
-                "fetch",
-                *(() if self.bundle else ("--depth=1", "--prune")),
-                "--no-tags",
-                "--no-write-fetch-head",
-                self.url,
-                f"+{RELEASE_REFS}:{RELEASE_REFS}",
-                timeout=self.limits.fetch_timeout_s,
+        how = () if self.bundle else ("--depth=1", "--prune", f"--filter={FILTER}")
+        said = self._fetch_tags(self.url if self.bundle else REMOTE, *how, what="release tags")
+        if _NO_FILTER in said:
+            self.log(
+                "fetch.full",
+                origin=self.url,
+                reason="the origin does not allow partial clones (uploadpack.allowFilter);"
+                " it sent every file of the fleet, not only this node's",
             )
-        except (git.GitCommandError, OSError) as exc:
-            raise OriginUnreachable(
-                f"{self.url}: fetching release tags failed ({_reason(exc)}); the node keeps"
-                " running what it runs"
-            ) from None
         after = self.local_tags()
         self.log(
             "fetch.done",
@@ -181,6 +219,75 @@ class Transport:
             changed=sorted(n for n in after if n in local and local[n] != after[n]),
         )
         return after
+
+    def missing(self, oids: Iterable[str], commit: str) -> list[str]:
+        """Which of `oids` (objects of `commit`'s tree) are not here yet; asks no one."""
+        wanted = set(oids)
+        if not wanted:
+            return []
+        listed = self._git(
+            "rev-list",
+            "--objects",
+            "--missing=print",
+            "--no-object-names",
+            commit,
+            timeout=self.limits.fetch_timeout_s,
+        )
+        gone = {ln[1:] for ln in listed.splitlines() if ln.startswith("?")}
+        return sorted(wanted & gone)
+
+    def fetch_blobs(self, oids: Iterable[str], commit: str) -> int:
+        """Fetch, in one request, whichever of these blobs of `commit` are not here; returns
+        how many were missing. Without this, each file read would fetch its blob alone.
+
+        An origin that refuses to send single objects gets a full fetch instead (logged).
+        Raises OriginUnreachable when neither works."""
+        need = self.missing(oids, commit)
+        if not need or self.bundle:
+            return len(need)
+        try:
+            self._git_err(
+                "-c",
+                "fetch.negotiationAlgorithm=noop",
+                "fetch",
+                REMOTE,
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--recurse-submodules=no",
+                f"--filter={FILTER}",
+                "--stdin",
+                timeout=self.limits.fetch_timeout_s,
+                stdin="".join(f"{oid}\n" for oid in need),
+            )
+        except (git.GitCommandError, OSError, subprocess.TimeoutExpired) as exc:
+            reason = _reason(exc)
+            self.log("fetch.full", origin=self.url, reason=f"fetching files failed ({reason})")
+            self.refetch_all()
+        self.log("fetch.files", origin=self.url, blobs=len(need))
+        return len(need)
+
+    def refetch_all(self) -> None:
+        """Every object of the release tags, as a fresh full clone would fetch them."""
+        self._fetch_tags(self.url, "--refetch", "--depth=1", what="the release's files")
+
+    def _fetch_tags(self, source: str, *how: str, what: str) -> str:
+        """Fetch the release tags from `source`; returns git's warnings. Raises
+        OriginUnreachable."""
+        try:
+            return self._git_err(
+                "fetch",
+                *how,
+                "--no-tags",
+                "--no-write-fetch-head",
+                source,
+                f"+{RELEASE_REFS}:{RELEASE_REFS}",
+                timeout=self.limits.fetch_timeout_s,
+            )
+        except (git.GitCommandError, OSError, subprocess.TimeoutExpired) as exc:
+            raise OriginUnreachable(
+                f"{self.url}: fetching {what} failed ({_reason(exc)}); the node keeps running"
+                " what it runs"
+            ) from None
 
     def fetch_ref(self, remote_ref: str, local_ref: str, since: int | None = None) -> str | None:
         """The origin's `remote_ref` fetched into `local_ref`, at depth one, or with every

@@ -90,6 +90,13 @@ class TamperedError(TrustError):
     rule = "tampered"
 
 
+class ReleaseChainError(TrustError):
+    """A release that lists only what changed since an earlier one, whose earlier release is
+    missing, altered, of another fleet, or too far back to follow."""
+
+    rule = "release-chain"
+
+
 class RootChainError(TrustError):
     """A trust root rotation that does not follow the chain (thresholds of old and new keys)."""
 

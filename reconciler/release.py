@@ -22,9 +22,11 @@ from typing import Any
 from reconciler.errors import (
     ExpiredError,
     MixAndMatchError,
+    ReleaseChainError,
     RollbackError,
     SignatureError,
     TamperedError,
+    TrustError,
 )
 from reconciler.keys import SigningKey
 from reconciler.repo_files import EntryKind, RepoFiles
@@ -55,21 +57,144 @@ def build_payload(
     wave: str | None = None,
     baseline: int | None = None,
     halts: int | None = None,
+    base: ChainBase | None = None,
 ) -> dict[str, Any]:
+    """The payload to sign. With `base`, `files` is every file of the commit, and the payload
+    lists only those added or changed since the base release, and those removed."""
     rollout: dict[str, Any] = {"wave": wave, "baseline": baseline}
     if halts is not None:
         rollout["halts"] = halts
+    listed = dict(files)
+    chained: dict[str, Any] = {}
+    if base is not None:
+        listed = {p: d for p, d in files.items() if base.files.get(p) != d}
+        chained = {
+            "base": {"version": base.version, "sha256": base.digest},
+            "removed": sorted(set(base.files) - set(files)),
+        }
     return {
         "_type": RELEASE_TYPE,
         "specVersion": 1,
         "fleet": fleet,
         "version": version,
         "commit": commit,
-        "files": dict(sorted(files.items())),
+        "files": dict(sorted(listed.items())),
+        **chained,
         "issuedAt": format_timestamp(issued_at),
         "expires": format_timestamp(expires),
         "rollout": rollout,
     }
+
+
+@dataclass(frozen=True)
+class ChainBase:
+    """An earlier release a new one is written against: its version, the SHA-256 of its
+    payload's bytes, every file it signs, and how many releases deep its own chain is."""
+
+    version: int
+    digest: str
+    files: Mapping[str, str]
+    depth: int
+
+
+# A node follows at most this many earlier releases to learn a chained release's files. The
+# release command lists every file again once a chain is half as long: a node then reads at most
+# 32 small payloads, and one release in 32 costs a listing of the whole fleet.
+MAX_CHAIN = 64
+RESTART_CHAIN = MAX_CHAIN // 2
+
+
+def chain_base(
+    fleet: str, version: int, tag: str, load_payload: Callable[[int], bytes | None]
+) -> ChainBase | None:
+    """Release `version` as the base of the next one, or None when the next must list every
+    file: no such release, one that is unreadable or of another fleet, or a chain that long.
+
+    The base need not be trusted: the next release lists every file whose digest differs from
+    what the base resolves to, so it signs exactly the commit's files whatever the base says.
+    """
+    body = load_payload(version)
+    if body is None:
+        return None
+    try:
+        payload = _parse_payload(body, tag)
+        files, depth = resolve_files(payload, tag, load_payload)
+    except TrustError:
+        return None
+    if payload["fleet"] != fleet or payload["version"] != version or depth + 1 >= RESTART_CHAIN:
+        return None
+    return ChainBase(version, hashlib.sha256(body).hexdigest(), files, depth)
+
+
+def resolve_files(
+    payload: Mapping[str, Any],
+    tag: str,
+    load_payload: Callable[[int], bytes | None] | None,
+    max_chain: int = MAX_CHAIN,
+) -> tuple[dict[str, str], int]:
+    """Every file a release signs, and its chain's depth (0 for a full listing).
+
+    A chained payload lists what changed since its base and names the base by version and the
+    SHA-256 of the base's payload bytes. So the base is authenticated by this release's
+    signatures, not by its own: a base whose keys have since been rotated out still serves,
+    and a base altered in any byte is refused. `load_payload(version)` returns the payload
+    bytes inside that release's tag, or None when there is no such tag.
+    """
+    files: dict[str, str] = {}
+    removed: set[str] = set()
+    current: Mapping[str, Any] = payload
+    name = tag
+    depth = 0
+    while True:
+        for path, digest in current["files"].items():
+            if path not in files and path not in removed:
+                files[path] = digest
+        base = current.get("base")
+        if base is None:
+            return files, depth
+        removed.update(current.get("removed", ()))
+        depth += 1
+        wanted = tag_name(base["version"])
+        if depth > max_chain:
+            raise ReleaseChainError(
+                f"tag {tag}: its file list goes back more than {max_chain} releases (to"
+                f" {wanted}), expected at most {max_chain}; sign a new release"
+            )
+        if base["version"] >= current["version"]:
+            raise ReleaseChainError(
+                f"tag {name}: builds on {wanted}, expected an earlier release than its own"
+                f" version {current['version']}"
+            )
+        body = load_payload(base["version"]) if load_payload is not None else None
+        if body is None:
+            raise ReleaseChainError(
+                f"tag {name}: lists only the files changed since {wanted}, but {wanted} is"
+                " missing here; expected every release tag of the origin (release tags are"
+                " never deleted)"
+            )
+        got = hashlib.sha256(body).hexdigest()
+        if got != base["sha256"]:
+            raise ReleaseChainError(
+                f"tag {wanted}: its payload has SHA-256 {got[:16]}..., expected"
+                f" {base['sha256'][:16]}... as {tag} signed it (the tag was altered)"
+            )
+        current = _parse_payload(body, wanted)
+        if current["fleet"] != payload["fleet"] or current["version"] != base["version"]:
+            raise MixAndMatchError(
+                f"tag {wanted}: holds release {current['version']} of fleet"
+                f" {current['fleet']!r}, expected release {base['version']} of"
+                f" {payload['fleet']!r} that {tag} builds on"
+            )
+        name = wanted
+
+
+def envelope_payload(message: str, tag: str) -> bytes | None:
+    """The payload bytes inside a tag's message, unverified; None when there are none."""
+    try:
+        envelope = envelope_from_message(message, tag)
+        return base64.b64decode(str(envelope.get("payload", "")), validate=True)
+    except (SignatureError, binascii.Error, ValueError):
+        return None
 
 
 def payload_bytes(payload: Mapping[str, Any]) -> bytes:
@@ -112,9 +237,16 @@ def tag_message(envelope: Mapping[str, Any]) -> str:
     )
     if rollout.get("halts") is not None:
         wave += f" (halts release {rollout['halts']}: back to its baseline)"
+    files = f"{len(signed['files'])}"
+    base = signed.get("base")
+    if base is not None:
+        files += (
+            f" changed, {len(signed['removed'])} removed since release {base['version']}"
+            f" (sha256 {base['sha256'][:16]}...)"
+        )
     summary = (
         f"Commit: {signed['commit']}\n"
-        f"Files: {len(signed['files'])}\n"
+        f"Files: {files}\n"
         f"Issued: {signed['issuedAt']}\n"
         f"Expires: {signed['expires']}\n"
         f"Rollout: {wave}\n"
@@ -166,11 +298,6 @@ class VerifiedRelease:
     @property
     def commit(self) -> str:
         value: str = self.payload["commit"]
-        return value
-
-    @property
-    def files(self) -> Mapping[str, str]:
-        value: Mapping[str, str] = self.payload["files"]
         return value
 
     @property
@@ -369,10 +496,12 @@ class VerifiedFiles:
     cannot reach rendering; a file whose bytes changed raises `TamperedError` when read.
     """
 
-    def __init__(self, release: VerifiedRelease, files: RepoFiles) -> None:
+    def __init__(
+        self, release: VerifiedRelease, files: RepoFiles, digests: Mapping[str, str]
+    ) -> None:
         self.release = release
         self.files = files
-        self.digests = release.files
+        self.digests = digests
         self.folders = {
             "/".join(p.split("/")[:i]) for p in self.digests for i in range(1, p.count("/") + 1)
         }

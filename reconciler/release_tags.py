@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +18,7 @@ import git
 from reconciler import sshsig
 from reconciler.errors import UsageError
 from reconciler.keys import PublicKey, SigningKey
+from reconciler.release import envelope_payload
 from reconciler.status_source import principal
 from reconciler.trust_root import TrustRoot
 
@@ -43,6 +44,18 @@ def release_tags(repo: git.Repo) -> list[ReleaseTag]:
         message = tag.message if tag is not None else ""
         found.append(ReleaseTag(ref.name, int(match.group(1)), ref.commit.hexsha, message))
     return sorted(found, key=lambda t: t.version, reverse=True)
+
+
+def payload_loader(tags: list[ReleaseTag]) -> Callable[[int], bytes | None]:
+    """`load_payload` for verification: the payload bytes in the tag of a release version,
+    unverified (a chained release pins them by digest), or None when there is no such tag."""
+    by_version = {t.version: t for t in tags}
+
+    def load(version: int) -> bytes | None:
+        tag = by_version.get(version)
+        return None if tag is None else envelope_payload(tag.message, tag.name)
+
+    return load
 
 
 def create_tag(

@@ -7,6 +7,7 @@ file against its signed digest, and only then validation, which reads files only
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from reconciler.errors import (
@@ -16,12 +17,13 @@ from reconciler.errors import (
     TamperedError,
     ValidationFailed,
 )
-from reconciler.fleet_repo import TRUST_ROOT_FILE, FleetRepo, root_chain_file
+from reconciler.fleet_repo import NODES_DIR, TRUST_ROOT_FILE, FleetRepo, root_chain_file
 from reconciler.release import (
     Accepted,
     VerifiedFiles,
     VerifiedRelease,
     envelope_from_message,
+    resolve_files,
     verify_release,
 )
 from reconciler.repo_files import RepoFiles
@@ -65,10 +67,15 @@ def verify_signed_tree(
     all_paths: list[str] | None,
     accepted: Accepted,
     checked_at: datetime | None = None,
+    load_payload: Callable[[int], bytes | None] | None = None,
+    needed: Callable[[str], bool] | None = None,
 ) -> tuple[TrustRoot, VerifiedRelease, VerifiedFiles]:
-    """Walk the root chain in the release's tree, verify the release, then every file it signs.
+    """Walk the root chain in the release's tree, verify the release, then every file it signs
+    that `needed` selects (default: all).
 
-    Returns the files through which everything after this point must read the tree.
+    `load_payload(version)` gives the payload bytes of an earlier release tag, for a release
+    that lists only what changed since it. Returns the files through which everything after
+    this point must read the tree: a file not checked here is checked when it is read.
     """
 
     def fetch(version: int) -> bytes | None:
@@ -79,15 +86,16 @@ def verify_signed_tree(
     envelope = envelope_from_message(message, tag)
     root = walk_roots(pinned, fetch, max(checked_at, accepted.newest_signed_time or checked_at))
     release = verify_release(root, envelope, tag, accepted, checked_at, sigstore_check, target)
-    verified = VerifiedFiles(release, files)
+    digests, _ = resolve_files(release.payload, tag, load_payload)
+    verified = VerifiedFiles(release, files, digests)
     if all_paths is not None:
-        extra = sorted(set(all_paths) - set(release.files))
+        extra = sorted(set(all_paths) - set(digests))
         if extra:
             raise TamperedError(
                 f"{extra[0]}: in the commit but not in release {release.version}'s signed file"
                 f" list ({len(extra)} such file(s)), expected exactly the signed files"
             )
-    verified.verify_all()
+    verified.verify_all(None if needed is None else [p for p in digests if needed(p)])
     if verified.entry(TRUST_ROOT_FILE) == "file" and fetch(root.version) != verified.read(
         TRUST_ROOT_FILE
     ):
@@ -107,13 +115,14 @@ def verify_tree(
     all_paths: list[str] | None,
     accepted: Accepted,
     checked_at: datetime | None = None,
-) -> tuple[TrustRoot, VerifiedRelease]:
+    load_payload: Callable[[int], bytes | None] | None = None,
+) -> tuple[TrustRoot, VerifiedRelease, VerifiedFiles]:
     """`verify_signed_tree`, then validation of the whole verified tree."""
     root, release, verified = verify_signed_tree(
-        pinned, tag, message, target, files, all_paths, accepted, checked_at
+        pinned, tag, message, target, files, all_paths, accepted, checked_at, load_payload
     )
     refuse_invalid(verified, f"release {release.version}", ReleaseInvalid)
-    return root, release
+    return root, release, verified
 
 
 def verify_for_node(
@@ -126,14 +135,30 @@ def verify_for_node(
     accepted: Accepted,
     node: str,
     checked_at: datetime | None = None,
+    load_payload: Callable[[int], bytes | None] | None = None,
 ) -> tuple[TrustRoot, VerifiedRelease, VerifiedFiles, FleetRepo]:
-    """What an agent runs: `verify_signed_tree`, then validation of what this node renders
-    (the shared documents and its own node file), so the cost does not grow with the fleet."""
+    """What an agent runs: `verify_signed_tree` over the files this node reads (every file but
+    the other nodes' own), then validation of what it renders. So neither what it downloads nor
+    what it checks grows with the fleet."""
     root, release, verified = verify_signed_tree(
-        pinned, tag, message, target, files, all_paths, accepted, checked_at
+        pinned,
+        tag,
+        message,
+        target,
+        files,
+        all_paths,
+        accepted,
+        checked_at,
+        load_payload,
+        lambda path: reads(path, node),
     )
     try:
         repo = load_for_node(verified, node)
     except ValidationFailed as exc:
         raise ReleaseInvalid(exc.problems, f"release {release.version}: {exc}") from None
     return root, release, verified, repo
+
+
+def reads(path: str, node: str) -> bool:
+    """Whether a node may read this file of the fleet repository: all but other nodes' files."""
+    return not path.startswith(f"{NODES_DIR}/") or path == f"{NODES_DIR}/{node}.yaml"

@@ -92,6 +92,8 @@ class Artifact:
 class LiveFleet(FleetRepository):
     """A fleet whose components are an ONNX model, an application archive and a config file."""
 
+    CHAINED = True
+
     def __init__(self, base: Path, nodes: tuple[str, ...] = ("edge-1", "edge-2")) -> None:
         self.base = base
         self.store = base / "store"
@@ -100,6 +102,11 @@ class LiveFleet(FleetRepository):
         self.origin = base / "origin.git"
         subprocess.run(
             ["git", "init", "-q", "--bare", str(self.origin)], check=True, capture_output=True
+        )
+        # Nodes fetch partially (`--filter=blob:none`), as from a real server that allows it.
+        subprocess.run(
+            ["git", "-C", str(self.origin), "config", "uploadpack.allowFilter", "true"],
+            check=True,
         )
         self.repo.create_remote("origin", str(self.origin))
         self.sources = [self.store.as_uri() + "/"]
@@ -267,8 +274,10 @@ class NodeAgent:
         }
         self.config.write_text(yaml.safe_dump(config))
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def run(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
         return subprocess.run(
             [str(AGENT), *args, "--config", str(self.config)],
             capture_output=True,

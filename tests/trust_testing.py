@@ -24,13 +24,14 @@ from reconciler.release import (
     Accepted,
     VerifiedRelease,
     build_payload,
+    chain_base,
     file_digest,
     sign_release,
     tag_message,
     tag_name,
     unverified_payload,
 )
-from reconciler.release_tags import create_tag, release_tags
+from reconciler.release_tags import create_tag, payload_loader, release_tags
 from reconciler.signing import sign_envelope
 from reconciler.timestamps import format_timestamp, now, parse_timestamp
 from reconciler.trust_root import load_pinned_root, parse_root
@@ -58,6 +59,9 @@ class Keys:
 
 class FleetRepository:
     """A real git repository holding a valid fleet, a signed root, and release tags."""
+
+    # Whether releases list only what changed since the newest one (`edgefleet release` does).
+    CHAINED = False
 
     def __init__(
         self,
@@ -131,10 +135,19 @@ class FleetRepository:
         issued: datetime | None = None,
         expires: datetime | None = None,
         wave: str | None = None,
+        chained: bool | None = None,
     ) -> dict[str, Any]:
+        """A release payload of `commit`; `chained` (default: the class's CHAINED) lists only
+        what changed since the newest release, as `edgefleet release` does."""
         commit = commit or self.repo.head.commit.hexsha
         tree = GitTreeFiles(self.repo, commit)
         issued = issued or now()
+        tags = release_tags(self.repo)
+        base = (
+            chain_base(fleet, tags[0].version, tags[0].name, payload_loader(tags))
+            if tags and (self.CHAINED if chained is None else chained)
+            else None
+        )
         return build_payload(
             fleet=fleet,
             version=version or self.next_version(),
@@ -143,6 +156,7 @@ class FleetRepository:
             issued_at=issued,
             expires=expires or issued + timedelta(days=30),
             wave=wave,
+            base=base,
         )
 
     def next_version(self) -> int:
@@ -214,7 +228,7 @@ class Node:
         tags = release_tags(repo)
         tag = next(t for t in tags if version is None or t.version == version)
         tree = GitTreeFiles(repo, tag.target)
-        root, release = verify_tree(
+        root, release, _ = verify_tree(
             load_pinned_root(pinned_bytes),
             tag.name,
             tag.message,
@@ -223,6 +237,7 @@ class Node:
             tree.paths(),
             accepted,
             at,
+            payload_loader(tags),
         )
         self._save(json.dumps(root.envelope, indent=2).encode(), release.accepted(accepted))
         return release

@@ -21,6 +21,7 @@ from reconciler.keys import SigningKey
 from reconciler.release import (
     Accepted,
     build_payload,
+    chain_base,
     envelope_from_message,
     file_digest,
     payload_bytes,
@@ -29,7 +30,7 @@ from reconciler.release import (
     tag_name,
     unverified_payload,
 )
-from reconciler.release_tags import create_tag, release_tags
+from reconciler.release_tags import create_tag, payload_loader, release_tags
 from reconciler.status_source import principal
 from reconciler.timestamps import expiry, format_timestamp, now
 from reconciler.trust_root import TrustRoot, load_pinned_root
@@ -136,6 +137,13 @@ def sign_next_release(
         digests[path] = file_digest(tree.read(path))
     tags = release_tags(repo)
     version = tags[0].version + 1 if tags else 1
+    # Listing only what changed since the newest release keeps a release tag small in a big
+    # fleet; what a node downloads for a release then does not grow with the fleet.
+    base = (
+        chain_base(root.fleet, tags[0].version, tags[0].name, payload_loader(tags))
+        if tags
+        else None
+    )
     payload = build_payload(
         fleet=root.fleet,
         version=version,
@@ -146,6 +154,7 @@ def sign_next_release(
         wave=wave,
         baseline=baseline,
         halts=halts,
+        base=base,
     )
     bundles: list[dict[str, Any]] = []
     if sigstore:
@@ -229,7 +238,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         pinned = load_pinned_root(Path(args.trust).read_bytes(), args.trust)
     except OSError as exc:
         raise UsageError(f"{args.trust}: cannot read the trust root ({exc.strerror})") from None
-    tags = release_tags(repo)
+    every = release_tags(repo)
+    tags = every
     if args.version is not None:
         tags = [t for t in tags if t.version == args.version]
     if not tags:
@@ -237,8 +247,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.repo}: got no {wanted}, expected one (`edgefleet release`)")
     tag = tags[0]
     tree = GitTreeFiles(repo, tag.target)
-    root, release = verify_tree(
-        pinned, tag.name, tag.message, tag.target, tree, tree.paths(), Accepted()
+    root, release, verified = verify_tree(
+        pinned,
+        tag.name,
+        tag.message,
+        tag.target,
+        tree,
+        tree.paths(),
+        Accepted(),
+        load_payload=payload_loader(every),
     )
     print(
         json.dumps(
@@ -248,7 +265,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "version": release.version,
                 "fleet": release.fleet,
                 "commit": release.commit,
-                "files": len(release.files),
+                "files": len(verified.digests),
+                "listsChangesSince": (release.payload.get("base") or {}).get("version"),
                 "expires": release.payload["expires"],
                 "wave": release.wave,
                 "baseline": release.baseline,
