@@ -181,9 +181,15 @@ class Transport:
                 timeout=self.limits.ls_remote_timeout_s,
             )
         except (git.GitCommandError, OSError) as exc:
+            reason = _reason(exc)
+            what = (
+                "the origin refused this node's credential"
+                if "Authentication failed" in reason or "401" in reason
+                else "got no answer from the origin"
+            )
             raise OriginUnreachable(
-                f"{self.url}: got no answer from the origin ({_reason(exc)}), expected its"
-                " release tags; the node keeps running what it runs"
+                f"{self.url}: {what} ({reason}), expected its release tags; the node keeps"
+                " running what it runs"
             ) from None
         return _parse_refs(out)
 
