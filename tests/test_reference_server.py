@@ -180,7 +180,9 @@ def test_a_node_credential_is_refused_on_another_node_branch_and_on_main(
         "refs/heads/status/edge-1:refs/heads/status/edge-2", env=env,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
-    assert "pre-receive hook declined" in done.stderr
+    # Refused twice over: the branch is hidden from this node (receive.hideRefs), and the hook
+    # refuses it, as it does on a server without that setting.
+    assert "(deny updating a hidden ref)" in done.stderr
     assert (
         f"remote: {REFUSED} refs/heads/status/edge-2: node credential 'edge-1' may update only"
         " refs/heads/status/edge-1, got refs/heads/status/edge-2"
@@ -304,3 +306,49 @@ def test_a_node_with_a_wrong_password_says_its_credential_was_refused_and_keeps_
     assert "the origin refused this node's credential" in info["lastError"]["reason"]
     assert reported.snapshot() == {**before}, "a refused credential changes nothing it runs"
     assert refs(server.repo) == server_refs
+
+
+def advertised(server: ReferenceServer, user: str) -> set[str]:
+    """The refs the server lists to `user` before a push (git's receive-pack advertisement)."""
+    line = (server.dir / "auth" / f"{user}.credentials").read_text().strip()
+    password = line.split(":")[2].split("@")[0]
+    url = f"{server.git_url}/info/refs?service=git-receive-pack"
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(server.ca))) as client:
+        body = client.get(url, auth=(user, password)).content
+    found = set()
+    while body:
+        size = int(body[:4], 16)
+        if size >= 4 and body[4:size]:
+            words = body[4:size].split(b"\0")[0].split()
+            if len(words) == 2 and words[1].startswith(b"refs/"):
+                found.add(words[1].decode())
+        body = body[max(size, 4) :]
+    return found
+
+
+def test_a_node_is_shown_only_its_own_status_branch_before_a_push(
+    fleet: LiveFleet, server: ReferenceServer, reported: NodeAgent
+) -> None:
+    """Git lists every ref before a push; with a branch per node that would grow with the
+    fleet, so a node sees only its own, and the operator (who lands carried status) all."""
+    other = NodeAgent(fleet, "edge-2", server.git_url)
+    code, info = once(other, server)
+    assert code == 0, info["_stderr"]
+    every = set(refs(server.repo))
+    assert {"refs/heads/status/edge-1", "refs/heads/status/edge-2"} <= every
+    assert advertised(server, "operator") == every
+    shown = advertised(server, "edge-1")
+    assert "refs/heads/status/edge-1" in shown and "refs/heads/main" in shown
+    assert not {r for r in shown if r.startswith("refs/heads/status/")} - {
+        "refs/heads/status/edge-1"
+    }
+    # Its next status still lands: the push updates the one branch it sees.
+    fleet.config_file("1.1.0", "threshold = 3\n")
+    fleet.use("settings", "settings@1.1.0")
+    publish(fleet, server)
+    code, info = once(reported, server)
+    assert code == 0 and info["release"] == 2, info["_stderr"]
+    assert (
+        refs(server.repo)["refs/heads/status/edge-1"]
+        == refs(reported.state / "repo")["refs/heads/status/edge-1"]
+    )

@@ -234,7 +234,7 @@ make_tls() {
 }
 
 write_nginx_conf() {
-  local store=$1 workers=$2 user_line="" artifacts rlimit="" hard
+  local store=$1 workers=$2 operator=$3 user_line="" artifacts rlimit="" hard
   # As root, nginx's workers would otherwise switch to 'nobody', who cannot read the files
   # of the user who set the server up; as anyone else the directive is ignored with a warning.
   if ((EUID == 0)); then user_line="user $(id -un) $(id -gn);"; fi
@@ -282,6 +282,16 @@ http {
     server_tokens off;
     keepalive_timeout 75s;
 
+    # git's push protocol lists every ref of the repository before each push: with one status
+    # branch per node, that grows with the fleet (700 kB at 10,000 nodes). A node is shown only
+    # its own status branch (receive.hideRefs, per request); the operator sees everything,
+    # because it lands other nodes' status carried back on sticks, and a hidden ref cannot be
+    # pushed to.
+    map $remote_user $edgefleet_hidden {
+        default refs/heads/status/;
+        "@OPERATOR@" refs/edgefleet/hides-nothing/;
+    }
+
     server {
         listen 127.0.0.1:@PORT@ ssl;
         server_name localhost 127.0.0.1;
@@ -304,6 +314,11 @@ http {
             fastcgi_param PATH_INFO /$1;
             # The hook (edgefleet hook pre-receive --require-user) reads the pusher from here.
             fastcgi_param REMOTE_USER $remote_user;
+            fastcgi_param GIT_CONFIG_COUNT 2;
+            fastcgi_param GIT_CONFIG_KEY_0 receive.hideRefs;
+            fastcgi_param GIT_CONFIG_VALUE_0 $edgefleet_hidden;
+            fastcgi_param GIT_CONFIG_KEY_1 receive.hideRefs;
+            fastcgi_param GIT_CONFIG_VALUE_1 !refs/heads/status/$remote_user;
             # With fcgiwrap's own environment (emptied by start), all the backend and the hook
             # see: a known PATH, and a HOME without anyone's ~/.gitconfig.
             fastcgi_param PATH @PATH@;
@@ -342,6 +357,7 @@ NGINX
   template=${template//@BACKEND@/"$backend"}
   template=${template//@PATH@/"$(server_path)"}
   template=${template//@ARTIFACTS@/"$artifacts"}
+  template=${template//@OPERATOR@/"$operator"}
   template=${template//@DIR@/"$DIR"}
   printf '%s\n' "$template" >"$DIR/nginx.conf"
 }
@@ -433,7 +449,7 @@ cmd_setup() {
 
   install_repository "$src" "$edgefleet"
   make_tls
-  write_nginx_conf "$store" "$workers"
+  write_nginx_conf "$store" "$workers" "$operator"
   {
     echo "# Made by reference-server.sh setup; read by start, stop, users and the tests."
     echo "PORT=$PORT"
