@@ -176,6 +176,10 @@ class Transport:
             out = self._git(
                 "ls-remote",
                 "--refs",
+                # Makes git ask the server for refs/tags/ only (protocol v2's ref-prefix); a
+                # pattern alone is matched here, after the server listed every ref, one status
+                # branch per node included.
+                "--tags",
                 self.url,
                 RELEASE_REFS,
                 timeout=self.limits.ls_remote_timeout_s,
@@ -299,17 +303,11 @@ class Transport:
         """The origin's `remote_ref` fetched into `local_ref`, at depth one, or with every
         commit made since the Unix time `since`; None when the origin has no such ref. Raises
         OriginUnreachable."""
+        # No `ls-remote` first: git asks the server for a listing filtered by prefix only for
+        # the refs a fetch names, and an exact name in `ls-remote` would list every node's
+        # status branch.
+        self.clear_stale_locks()
         try:
-            listed = self._git(
-                "ls-remote",
-                "--refs",
-                self.url,
-                remote_ref,
-                timeout=self.limits.ls_remote_timeout_s,
-            )
-            if not listed.strip():
-                return None
-            self.clear_stale_locks()
             self._git(
                 "fetch",
                 "--depth=1" if since is None else f"--shallow-since=@{since}",
@@ -320,6 +318,8 @@ class Transport:
                 timeout=self.limits.fetch_timeout_s,
             )
         except (git.GitCommandError, OSError) as exc:
+            if "couldn't find remote ref" in str(getattr(exc, "stderr", "")):
+                return None
             raise OriginUnreachable(
                 f"{self.url}: fetching {remote_ref} failed ({_reason(exc)})"
             ) from None

@@ -124,3 +124,36 @@ def test_a_server_refusing_single_objects_gets_a_full_refetch(tmp_path: Path) ->
     repo = node.state / "repo"
     tree = blob_ids(repo, "release/1")
     assert set(tree.values()) <= present_blobs(repo)
+
+
+def test_a_poll_is_not_told_about_every_nodes_status_branch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a status branch per node, a listing of every ref grows with the fleet; the poll
+    and the status fetch ask the server for their own refs only (protocol v2 prefixes)."""
+    from node_agent.transport import Transport
+
+    fleet = LiveFleet(tmp_path, nodes=("edge-1", "edge-2"))
+    fleet.standard()
+    fleet.publish()
+    head = git(fleet.origin, "rev-parse", "refs/tags/release/1^{commit}").strip()
+    updates = "".join(f"create refs/heads/status/node-{i:04d} {head}\n" for i in range(2000))
+    subprocess.run(
+        ["git", "-C", str(fleet.origin), "update-ref", "--stdin"],
+        input=updates,
+        text=True,
+        check=True,
+    )
+    trace = tmp_path / "packets"
+    monkeypatch.setenv("GIT_TRACE_PACKET", str(trace))
+    with git_daemon(fleet.origin.parent) as port:
+        transport = Transport(tmp_path / "repo", f"git://127.0.0.1:{port}/{fleet.origin.name}")
+        assert set(transport.remote_tags()) == {"refs/tags/release/1"}
+        got = transport.fetch_ref("refs/heads/status/node-0007", "refs/heads/mine")
+        assert got == head
+        assert transport.fetch_ref("refs/heads/status/none", "refs/heads/none") is None
+    received = [ln for ln in trace.read_text().splitlines() if "refs/heads/status/" in ln]
+    told = {ln.split()[-1] for ln in received if " upload-pack> " in ln or "< " in ln}
+    assert not {r for r in told if r.startswith("refs/heads/status/node-")} - {
+        "refs/heads/status/node-0007"
+    }, "the server listed other nodes' status branches"
