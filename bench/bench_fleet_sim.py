@@ -706,6 +706,17 @@ def git_fetch_bytes(
     return traffic(server.access_log()[logged:], {user}).git_sent
 
 
+def object_size(server: ReferenceServer, rev: str) -> int | None:
+    """Uncompressed size of the object `rev` names in the served repository."""
+    done = subprocess.run(
+        ["git", "--git-dir", str(server.repo), "cat-file", "-s", rev],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return int(done.stdout) if done.returncode == 0 else None
+
+
 def seed_status(server: ReferenceServer, nodes: Sequence[str], fleet: str) -> float:
     """One status commit per node of `nodes`, written straight into the server's repository
     (`git fast-import`, no hook, unsigned) and its refs packed as `git gc` would: the status
@@ -811,6 +822,14 @@ def compare(base: Path, size: int, active: int, concurrency: int) -> dict[str, A
             "release1_fresh": first,
             "release2_after_release1": second,
             "both_fresh": both,
+        }
+        out["object_sizes"] = {
+            name: object_size(server, rev)
+            for name, rev in (
+                ("release1_tag", "refs/tags/release/1"),
+                ("release2_tag", "refs/tags/release/2"),
+                ("nodes_tree", "refs/tags/release/1^{tree}:nodes"),
+            )
         }
         lost = lost_pushes(sim, server)
         out["lost_pushes"] = len(lost)
@@ -1075,11 +1094,47 @@ def section(args: argparse.Namespace, results: dict[str, Any]) -> str:
     hook_big = big["pushes"]["hook"]["update_cpu_ms"]
     hook_growth = (
         f"The hook grows with the fleet ({_n(hook_small)} ms at {small['fleet']:,} nodes,"
-        f" {_n(hook_big)} ms at {big['fleet']:,}: it reads every node's key from"
-        " `trust/allowed_signers` on the main branch for each push), and so does the push"
+        f" {_n(hook_big)} ms at {big['fleet']:,}: for each push it reads and"
+        " parses every node's key in `trust/allowed_signers` on the main branch and lists"
+        " `nodes/`), and so does the push"
         if hook_big > 1.3 * hook_small
         else f"The hook costs {_n(hook_small)} ms at {small['fleet']:,} nodes and"
         f" {_n(hook_big)} ms at {big['fleet']:,}; the push"
+    )
+    boot_small = small["bootstrap"]["bytes_per_node"]["git"]
+    boot_big = big["bootstrap"]["bytes_per_node"]["git"]
+    sizes = big.get("object_sizes") or {}
+    if sizes.get("release1_tag") and sizes.get("nodes_tree"):
+        why = (
+            f"release 1's signed tag lists every file of the fleet with its digest"
+            f" ({_n(sizes['release1_tag'])} B uncompressed at {big['fleet']:,} nodes, against"
+            f" {_n(sizes.get('release2_tag'))} B for the chained release 2) and the `nodes/`"
+            f" tree names every node ({_n(sizes['nodes_tree'])} B)"
+        )
+    else:
+        why = (
+            "release 1's signed tag lists every file of the fleet with its digest (later"
+            " releases are chained: only what changed) and the `nodes/` tree names every node"
+        )
+    first_clone = (
+        f"- A node's first clone does grow with the fleet: {_n(boot_small)} B of git at"
+        f" {small['fleet']:,} nodes, {_n(boot_big)} B at {big['fleet']:,}, against"
+        f" {_n(big['unfiltered']['release1_fresh'])} B for an unfiltered fetch there: {why}."
+        " A node pays it once."
+        if boot_big > 2 * boot_small
+        else ""
+    )
+    gc_phases = [
+        f"N = {f['n']:,} {name}"
+        for f in fleets
+        for name in ("bootstrap", "noop", "release", "pushes")
+        if f[name]["gc_ran"]
+    ]
+    gc_note = (
+        f"; `git gc --auto` (run by receive-pack after a push) packed the served repository"
+        f" during {', '.join(gc_phases)}, and its CPU is in that phase's figures"
+        if gc_phases
+        else ""
     )
     dearer = (
         ", and more for the dearer pushes of a big fleet"
@@ -1183,6 +1238,7 @@ information, the same release tags fetched without a filter by one node's creden
 ### What this says
 
 {adverts}
+{first_clone}
 - Server CPU per no-op poll is that of the `git ls-remote` it is made of (two requests, each
   a `git http-backend` process, plus the 401 challenge that git's first request on a
   connection always gets, since git sends a credential only when asked for one; git 2.46's
@@ -1210,11 +1266,13 @@ information, the same release tags fetched without a filter by one node's creden
   ({_n(rel["poll_s_median"], 2)} s median here, under load), so a real fleet converges within
   about one poll interval plus that, for as long as the server keeps up with the CPU above.
 - Caveats: one machine, loopback network, no latency or loss; the server's CPU is measured
-  under contention from the agents (CPU time, not wall time, so contention inflates it only
-  slightly); N = {largest["n"]:,} is the largest fleet in which every node runs, the
-  {big["fleet"]:,}-node figures come from {big["active"]} running nodes among seeded branches;
+  while the agents (and, here, other jobs: see the load average above) compete for the same
+  CPUs: CPU time, not wall time, yet a busy machine inflates it too (caches, frequency), so
+  compare ratios taken in one run; N = {largest["n"]:,} is the largest fleet in which every
+  node runs, the {big["fleet"]:,}-node figures come from {big["active"]} running nodes among
+  seeded branches;
   the agent's push after `applying` and after `converged` is the agent's design, measured as
-  it is.
+  it is{gc_note}.
 <!-- /{SECTION} -->
 """
 
