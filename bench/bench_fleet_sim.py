@@ -1379,13 +1379,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(results, indent=1, default=str) + "\n")
         print(f"wrote {args.json_out}")
-    text = section(args, results)
-    if args.no_write:
-        print(text)
-    else:
-        write_section(text, RESULTS, SECTION)
-        print(f"updated {RESULTS}")
-    return 0
+    return publish(section(args, results), args.no_write, "")
 
 
 def rewrite(args: argparse.Namespace) -> int:
@@ -1408,12 +1402,16 @@ def rewrite(args: argparse.Namespace) -> int:
         **{k: value(k) for k in ("sizes", "concurrency", "big_fleet", "active", "push_sample")},
         quick=value("quick"),
     )
-    text = section(ran, results)
-    if args.no_write:
+    return publish(section(ran, results), args.no_write, f" from {args.from_json}")
+
+
+def publish(text: str, no_write: bool, source: str) -> int:
+    """Print the section, or write it into RESULTS.md."""
+    if no_write:
         print(text)
     else:
         write_section(text, RESULTS, SECTION)
-        print(f"updated {RESULTS} from {args.from_json}")
+        print(f"updated {RESULTS}{source}")
     return 0
 
 
