@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -15,6 +13,10 @@ from typing import IO
 def atomic_output(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
     """A file written beside `path` that replaces it only once complete and synced to disk:
     temp file in the same folder, fsync, rename, fsync of the folder (power-cut safe)."""
+    # Imported here, as hashlib below: commands that only read (a warm `edgefleet status`)
+    # should not load them at start-up.
+    import tempfile
+
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -43,6 +45,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in chunks: artifacts may be far larger than memory allows."""
+    import hashlib
+
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

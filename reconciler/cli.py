@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reconciler import __version__
 from reconciler.errors import EdgeFleetError, ValidationFailed
-from reconciler.problems import Problem, render_problems
+
+if TYPE_CHECKING:
+    from reconciler.problems import Problem
+
+# What only some commands need (json, dataclasses, traceback, the problem renderer) is imported
+# where it is used: `edgefleet status` in a loop pays for every module loaded at start-up.
 
 Handler = Callable[[argparse.Namespace], int]
 # Each command family's module, by the commands it adds. Only the family a command line names
@@ -37,10 +40,13 @@ FAMILIES = {
 
 def _shown_under(base: str, problems: Sequence[Problem]) -> list[Problem]:
     """Problems with paths as the user named the repository, so editors and CI can find them."""
+    from dataclasses import replace
+
     return [replace(p, file=os.path.normpath(Path(base) / p.file)) for p in problems]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from reconciler.problems import render_problems
     from reconciler.validate import validate_directory
 
     report = validate_directory(Path(args.dir))
@@ -55,6 +61,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    import json
+
     import yaml
 
     from reconciler.render import render_node
@@ -131,11 +139,15 @@ def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:
     try:
         return handler(args)
     except ValidationFailed as exc:
+        from reconciler.problems import render_problems
+
         text = render_problems(exc.problems, "text")
         print(f"{text}\nerror: {exc}" if text else f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except EdgeFleetError as exc:
         if verbose:
+            import traceback
+
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

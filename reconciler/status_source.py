@@ -6,22 +6,21 @@ repository with an `origin` is fetched into its remote-tracking refs; a URL is f
 bare cache under `$XDG_CACHE_HOME/edgefleet/remotes/`. Both keep a reflog of every status
 ref, so that a branch rewritten at the origin is seen by the next read (`audit`).
 
-Reading thousands of heads costs one `git for-each-ref` and one `git cat-file --batch`.
+Reading thousands of heads costs one `git for-each-ref` and one `git cat-file --batch`; a
+warm `edgefleet status` runs three git processes in all (`rev-parse`, `for-each-ref`,
+`cat-file`), since each one costs as much as reading a few hundred heads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from reconciler.errors import UsageError
-from reconciler.yaml_loader import load_yaml
 
 if TYPE_CHECKING:
     from reconciler.keys import PublicKey
@@ -31,14 +30,31 @@ RELEASE_FETCH = "+refs/tags/release/*:refs/tags/release/*"
 # The main branch: what the origin's HEAD names, else main, else master.
 MAIN_CANDIDATES = ("HEAD", "refs/heads/main", "refs/heads/master")
 AUDIT_FETCH = "+refs/heads/audit:refs/remotes/origin/audit"
+TRACKING_STATUS = "refs/remotes/origin/status/"
+OWN_STATUS = "refs/heads/status/"
+TRACKING_MAIN = "refs/remotes/origin/HEAD"
+RELEASE_TAGS = "refs/tags/release/"
+# Where the main branch may be, besides HEAD: what `status` reads trust and nodes from.
+MAIN_REFS = (TRACKING_MAIN, "refs/heads/main", "refs/heads/master")
+REV_HEAD = ("--verify", "--quiet", "HEAD^{commit}")
 
 
 class GitFailed(UsageError):
     """A git command on the repository failed: it names the command and git's message."""
 
 
-@dataclass(frozen=True)
-class StatusRepo:
+# The records here are NamedTuples, not dataclasses: importing `dataclasses` (which loads
+# `inspect`) and building a class's methods cost a warm `edgefleet status` a tenth of its time.
+class Refs(NamedTuple):
+    """The refs `status` reads, as one `git for-each-ref` listed them."""
+
+    # node id -> head commit of its status branch
+    heads: dict[str, str]
+    # release version -> the commit its tag signs
+    releases: dict[int, str]
+
+
+class StatusRepo(NamedTuple):
     git_dir: Path
     # Where the status branches are: refs/remotes/origin/status/ after a fetch, or
     # refs/heads/status/ in the origin itself.
@@ -46,6 +62,8 @@ class StatusRepo:
     # The commit whose trust/allowed_signers and nodes/ say who is who.
     main_ref: str
     audit_ref: str
+    # The refs as `open_status_repo` found them; code that moves refs reads them again.
+    listed: Refs | None = None
 
     def git(self, *args: str, data: bytes | None = None) -> bytes:
         return git_run(self.git_dir, *args, data=data)
@@ -98,57 +116,114 @@ def open_status_repo(repo: str, fetch: bool = True) -> StatusRepo:
         path = Path(repo)
         if not path.exists():
             raise UsageError(f"{repo}: no such folder, expected a fleet repository or a git URL")
+        # One process for the folder's repository and what its HEAD names (exit 1: no commit).
         found = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--absolute-git-dir"],
+            [*("git", "-C", str(path), "rev-parse", "--absolute-git-dir"), *REV_HEAD],
             capture_output=True,
             text=True,
             check=False,
         )
-        if found.returncode != 0:
+        lines = found.stdout.split()
+        if found.returncode not in (0, 1) or not lines:
             raise UsageError(f"{repo}: got a folder that is not a git repository, expected one")
-        git_dir = Path(found.stdout.strip())
+        git_dir = Path(lines[0])
+        head_resolves = found.returncode == 0 and len(lines) > 1
+        if not fetch:
+            return _as_found(git_dir, head_resolves)
         remotes = git_run(git_dir, "remote").decode().split()
         if "origin" not in remotes:
-            return local_status_repo(git_dir)
+            return _local(git_dir, head_resolves, list_refs(git_dir, OWN_STATUS))
         url = git_run(git_dir, "remote", "get-url", "origin").decode().strip()
     else:
         url = repo
+        import hashlib
+
         git_dir = cache_dir() / (hashlib.sha256(repo.encode()).hexdigest()[:16] + ".git")
         if not (git_dir / "HEAD").exists():
             git_dir.mkdir(parents=True, exist_ok=True)
             git_run(git_dir, "init", "--bare", "--quiet")
-        fetch = True
-    if not fetch:
-        tracking = git_run(git_dir, "for-each-ref", "--count=1", "refs/remotes/origin/status/")
-        own = git_run(git_dir, "for-each-ref", "--count=1", "refs/heads/status/")
-        if own and not tracking:
-            # A server's repository that was itself cloned (it keeps an origin remote).
-            return local_status_repo(git_dir)
-    else:
-        # Reflogs record every value a status ref had: how a rewrite at the origin is noticed.
-        git_run(git_dir, "config", "core.logAllRefUpdates", "always")
-        try:
-            git_run(git_dir, "fetch", "--quiet", "--no-tags", url, STATUS_FETCH, RELEASE_FETCH)
-            listed = git_run(git_dir, "ls-remote", url, *MAIN_CANDIDATES).decode().split("\n")
-            offered = {line.split("\t")[1] for line in listed if "\t" in line}
-            main = next((r for r in MAIN_CANDIDATES if r in offered), None)
-            if main is None:
-                raise GitFailed(f"{url} has no HEAD, main or master branch")
-            git_run(
-                git_dir, "fetch", "--quiet", "--no-tags", url, f"+{main}:refs/remotes/origin/HEAD"
-            )
-        except GitFailed as exc:
-            raise UsageError(
-                f"{url}: fetching status failed ({exc}); expected a reachable origin"
-            ) from None
-        # The audit branch is optional: a fleet that never folded has none.
-        subprocess.run(
-            ["git", "--git-dir", str(git_dir), "fetch", "--quiet", "--no-tags", url, AUDIT_FETCH],
-            capture_output=True,
-            check=False,
-        )
-    main = "refs/remotes/origin/HEAD" if resolve(git_dir, "refs/remotes/origin/HEAD") else "HEAD"
-    return StatusRepo(git_dir, "refs/remotes/origin/status/", main, "refs/remotes/origin/audit")
+    # Reflogs record every value a status ref had: how a rewrite at the origin is noticed.
+    git_run(git_dir, "config", "core.logAllRefUpdates", "always")
+    try:
+        git_run(git_dir, "fetch", "--quiet", "--no-tags", url, STATUS_FETCH, RELEASE_FETCH)
+        listed = git_run(git_dir, "ls-remote", url, *MAIN_CANDIDATES).decode().split("\n")
+        offered = {line.split("\t")[1] for line in listed if "\t" in line}
+        main = next((r for r in MAIN_CANDIDATES if r in offered), None)
+        if main is None:
+            raise GitFailed(f"{url} has no HEAD, main or master branch")
+        git_run(git_dir, "fetch", "--quiet", "--no-tags", url, f"+{main}:{TRACKING_MAIN}")
+    except GitFailed as exc:
+        raise UsageError(
+            f"{url}: fetching status failed ({exc}); expected a reachable origin"
+        ) from None
+    # The audit branch is optional: a fleet that never folded has none.
+    subprocess.run(
+        ["git", "--git-dir", str(git_dir), "fetch", "--quiet", "--no-tags", url, AUDIT_FETCH],
+        capture_output=True,
+        check=False,
+    )
+    return _tracking(git_dir, list_refs(git_dir, TRACKING_STATUS))
+
+
+def _as_found(git_dir: Path, head_resolves: bool) -> StatusRepo:
+    """Without a fetch: the remote-tracking status branches when there are any, else the
+    repository's own (a server's repository, even one that was itself cloned)."""
+    found = _for_each_ref(git_dir, TRACKING_STATUS, *MAIN_REFS, OWN_STATUS)
+    if _refs_under(found, TRACKING_STATUS):
+        return _tracking(git_dir, found)
+    if _refs_under(found, OWN_STATUS):
+        return _local(git_dir, head_resolves, found)
+    # No status at all: where it would be depends on whether there is an origin.
+    if "origin" in git_run(git_dir, "remote").decode().split():
+        return _tracking(git_dir, found)
+    return _local(git_dir, head_resolves, found)
+
+
+def _tracking(git_dir: Path, found: dict[str, str]) -> StatusRepo:
+    main = TRACKING_MAIN if TRACKING_MAIN in found else "HEAD"
+    heads = _refs_under(found, TRACKING_STATUS)
+    refs = Refs(heads, _release_tags(git_dir))
+    return StatusRepo(git_dir, TRACKING_STATUS, main, "refs/remotes/origin/audit", refs)
+
+
+def _local(git_dir: Path, head_resolves: bool, found: dict[str, str]) -> StatusRepo:
+    main = "HEAD" if head_resolves else next((r for r in MAIN_REFS[1:] if r in found), "HEAD")
+    refs = Refs(_refs_under(found, OWN_STATUS), _release_tags(git_dir))
+    return StatusRepo(git_dir, OWN_STATUS, main, "refs/heads/audit", refs)
+
+
+def list_refs(git_dir: Path, status_prefix: str) -> dict[str, str]:
+    """The status branches under `status_prefix` and the main branch candidates."""
+    return _for_each_ref(git_dir, status_prefix, *MAIN_REFS)
+
+
+def _for_each_ref(git_dir: Path, *patterns: str) -> dict[str, str]:
+    """ref name -> the object it names."""
+    out = git_run(git_dir, "for-each-ref", "--format=%(objectname) %(refname)", *patterns)
+    found: dict[str, str] = {}
+    for line in out.decode().splitlines():
+        sha, _, ref = line.partition(" ")
+        found[ref] = sha
+    return found
+
+
+def _refs_under(found: dict[str, str], prefix: str) -> dict[str, str]:
+    return {ref[len(prefix) :]: sha for ref, sha in found.items() if ref.startswith(prefix)}
+
+
+def _release_tags(git_dir: Path) -> dict[int, str]:
+    # Its own process: peeling (`%(*objectname)`) reads every listed ref's object, and for
+    # 2,000 status heads that took longer than all the rest of a warm `status`.
+    out = git_run(
+        git_dir, "for-each-ref", "--format=%(refname:strip=2) %(*objectname)", RELEASE_TAGS
+    )
+    found: dict[int, str] = {}
+    for line in out.decode().splitlines():
+        name, _, commit = line.partition(" ")
+        number = name.removeprefix("release/")
+        if number.isdigit():
+            found[int(number)] = commit
+    return found
 
 
 def local_status_repo(git_dir: Path) -> StatusRepo:
@@ -169,23 +244,28 @@ def resolve(git_dir: Path, ref: str) -> str | None:
     return done.stdout.strip() or None
 
 
+def read_refs(repo: StatusRepo) -> Refs:
+    """The status heads and release tags as they are now."""
+    return Refs(status_heads(repo), _release_tags(repo.git_dir))
+
+
 def status_heads(repo: StatusRepo) -> dict[str, str]:
     """node id -> head commit of its status branch."""
-    out = repo.git("for-each-ref", "--format=%(objectname) %(refname)", repo.status_prefix)
-    heads: dict[str, str] = {}
-    for line in out.decode().splitlines():
-        sha, _, ref = line.partition(" ")
-        heads[ref.removeprefix(repo.status_prefix)] = sha
-    return heads
+    return _refs_under(_for_each_ref(repo.git_dir, repo.status_prefix), repo.status_prefix)
 
 
 def cat_batch(repo: StatusRepo, names: Sequence[str]) -> list[bytes | None]:
     """The contents of each object name (`<sha>`, `<rev>:<path>`), None where missing: one
     `git cat-file --batch` for all of them."""
+    return [None if found is None else found[1] for found in cat_objects(repo, names)]
+
+
+def cat_objects(repo: StatusRepo, names: Sequence[str]) -> list[tuple[str, bytes] | None]:
+    """(object id, contents) of each object name, None where missing."""
     if not names:
         return []
     out = repo.git("cat-file", "--batch", data="".join(f"{n}\n" for n in names).encode())
-    found: list[bytes | None] = []
+    found: list[tuple[str, bytes] | None] = []
     pos = 0
     for _ in names:
         end = out.index(b"\n", pos)
@@ -195,9 +275,23 @@ def cat_batch(repo: StatusRepo, names: Sequence[str]) -> list[bytes | None]:
             found.append(None)
             continue
         size = int(header[2])
-        found.append(out[pos : pos + size])
+        found.append((header[0].decode(), out[pos : pos + size]))
         pos += size + 1
     return found
+
+
+def tree_names(oid: str, tree: bytes) -> list[str]:
+    """The entry names of a raw tree object (`<mode> <name>\\0<binary id>` each), the id as
+    long as the tree's own: what `git ls-tree --name-only` prints, without its own process."""
+    width = len(oid) // 2
+    names: list[str] = []
+    pos = 0
+    while pos < len(tree):
+        space = tree.index(b" ", pos)
+        nul = tree.index(b"\0", space)
+        names.append(tree[space + 1 : nul].decode(errors="surrogateescape"))
+        pos = nul + 1 + width
+    return names
 
 
 def allowed_signers(text: str) -> dict[str, str]:
@@ -250,41 +344,45 @@ def read_files(repo: StatusRepo, rev: str, paths: Iterable[str]) -> dict[str, by
 
 def node_files(repo: StatusRepo, rev: str) -> list[str]:
     """The node ids that `rev` has a `nodes/<id>.yaml` for."""
-    try:
-        out = repo.git("ls-tree", "--name-only", f"{rev}:nodes")
-    except GitFailed:
-        return []
-    return sorted(
-        name.removesuffix(".yaml") for name in out.decode().splitlines() if name.endswith(".yaml")
-    )
+    found = cat_objects(repo, [f"{rev}:nodes"])[0]
+    return [] if found is None else _node_ids(*found)
+
+
+def _node_ids(oid: str, tree: bytes) -> list[str]:
+    return sorted(n.removesuffix(".yaml") for n in tree_names(oid, tree) if n.endswith(".yaml"))
 
 
 SIGNERS = "trust/allowed_signers"
 
 
-def fleet_identity(repo: StatusRepo) -> tuple[str, dict[str, str], list[str]]:
+def fleet_identity(
+    repo: StatusRepo, names: MutableMapping[str, str] | None = None
+) -> tuple[str, dict[str, str], list[str]]:
     """The fleet's name, its allowed signers (principal -> key line) and its node ids, from
-    the main branch head."""
-    files = read_files(repo, repo.main_ref, ["fleet.yaml", SIGNERS])
-    if "fleet.yaml" not in files:
-        raise UsageError(
-            f"{repo.git_dir}: {repo.main_ref} has no fleet.yaml, expected a fleet repository"
-        )
-    loaded = load_yaml(files["fleet.yaml"], f"{repo.main_ref}:fleet.yaml")
-    fleet = str(((loaded.data or {}).get("metadata") or {}).get("name", ""))
-    signers = allowed_signers(files.get(SIGNERS, b"").decode(errors="replace"))
-    return fleet, signers, node_files(repo, repo.main_ref)
+    the main branch head, read by one `git cat-file`. `names` (fleet.yaml's blob id -> the
+    name in it) spares a caller that keeps it between runs the YAML parser."""
+    rev = repo.main_ref
+    fleet_file, signers_file, nodes = cat_objects(
+        repo, [f"{rev}:fleet.yaml", f"{rev}:{SIGNERS}", f"{rev}:nodes"]
+    )
+    if fleet_file is None:
+        raise UsageError(f"{repo.git_dir}: {rev} has no fleet.yaml, expected a fleet repository")
+    blob, text = fleet_file
+    fleet = None if names is None else names.get(blob)
+    if fleet is None:
+        # Imported here: the YAML parser is a sixth of a warm `status`, which knows the name.
+        from reconciler.yaml_loader import load_yaml
+
+        loaded = load_yaml(text, f"{rev}:fleet.yaml")
+        fleet = str(((loaded.data or {}).get("metadata") or {}).get("name", ""))
+        if names is not None:
+            names[blob] = fleet
+    signers = allowed_signers(
+        "" if signers_file is None else signers_file[1].decode(errors="replace")
+    )
+    return fleet, signers, [] if nodes is None else _node_ids(*nodes)
 
 
 def release_versions(repo: StatusRepo) -> dict[int, str]:
     """version -> commit of every release tag."""
-    out = repo.git(
-        "for-each-ref", "--format=%(refname:strip=2) %(*objectname)", "refs/tags/release/"
-    )
-    found: dict[int, str] = {}
-    for line in out.decode().splitlines():
-        name, _, commit = line.partition(" ")
-        number = name.removeprefix("release/")
-        if number.isdigit():
-            found[int(number)] = commit
-    return found
+    return _release_tags(repo.git_dir)

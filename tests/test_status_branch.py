@@ -476,9 +476,28 @@ def test_status_without_fetch_reads_a_cloned_servers_own_branches(
 
 
 def verdict_file(cache: Path) -> Path:
-    files = sorted((cache / "edgefleet" / "verdicts").glob("*.json"))
+    files = sorted((cache / "edgefleet" / "verdicts").glob("*.txt"))
     assert len(files) == 1, files
     return files[0]
+
+
+def cached(path: Path) -> tuple[dict[str, Any], list[list[str]], list[list[str]]]:
+    """The cache file's header, its rows and its verdicts (node, head, key, value)."""
+    data = path.read_bytes()
+    first, _, rest = data.partition(b"\n")
+    header = json.loads(first)
+    size = header["rowsBytes"]
+    sections = rest[:size].decode(), rest[size:].decode()
+    rows, verdicts = ([line.split("\t", 3) for line in s.splitlines()] for s in sections)
+    return header, rows, verdicts
+
+
+def write_cache(
+    path: Path, header: dict[str, Any], rows: list[list[str]], verdicts: list[list[str]]
+) -> None:
+    body = "".join("\t".join(r) + "\n" for r in rows).encode()
+    tail = "".join("\t".join(v) + "\n" for v in verdicts).encode()
+    path.write_bytes(json.dumps({**header, "rowsBytes": len(body)}).encode() + b"\n" + body + tail)
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
@@ -491,9 +510,10 @@ def test_cached_verdicts_never_vouch_for_a_head_they_were_not_made_for(
     fleet: LiveFleet, installed: NodeAgent, own_cache: Path
 ) -> None:
     cold = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
-    cached = json.loads(verdict_file(own_cache).read_text())["verdicts"]
+    _, kept_rows, kept_verdicts = cached(verdict_file(own_cache))
     edge_1 = rows(cold)["edge-1"]
-    assert [name.split()[:2] for name in cached] == [["edge-1", edge_1["head"]]]
+    assert [r[:2] for r in kept_rows] == [["edge-1", edge_1["head"]]]
+    assert [v[:2] for v in kept_verdicts] == [["edge-1", edge_1["head"]]]
     warm = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
     assert comparable(warm) == comparable(cold)
 
@@ -508,10 +528,8 @@ def test_cached_verdicts_never_vouch_for_a_head_they_were_not_made_for(
     assert edge_2["shown"] == "unverified" and edge_2["head"] == forged
     assert "expected one by edge-2" in edge_2["problem"]
     # The cache holds the heads of the last run only: the genuine head's verdict is gone.
-    heads = {
-        name.split()[1] for name in json.loads(verdict_file(own_cache).read_text())["verdicts"]
-    }
-    assert heads == {edge_1["head"], forged}
+    _, kept_rows, kept_verdicts = cached(verdict_file(own_cache))
+    assert {r[1] for r in kept_rows} == {v[1] for v in kept_verdicts} == {edge_1["head"], forged}
     git(fleet.origin, "update-ref", "refs/heads/status/edge-2", genuine)
     assert (
         rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]["shown"]
@@ -544,13 +562,19 @@ def test_status_recheck_ignores_the_cache_and_a_broken_cache_is_rebuilt(
     first = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
     assert rows(first)["edge-2"]["shown"] == "unverified"
     path = verdict_file(own_cache)
-    body = json.loads(path.read_text())
+    header, kept_rows, kept_verdicts = cached(path)
     # Someone with write access to the operator's cache (as to the clone beside it) can make
-    # this operator's `status` lie; --recheck trusts nothing it did not check itself.
-    for name, verdict in body["verdicts"].items():
-        if forged in name:
+    # this operator's `status` lie; --recheck trusts nothing it did not check itself. Here the
+    # forged head's verdict is made good and its row dropped, so that it is judged again.
+    for row in kept_rows:
+        if row[1] == forged:
+            row[3] = ""
+    for entry in kept_verdicts:
+        if entry[1] == forged:
+            verdict = json.loads(entry[3])
             verdict["problem"], verdict["signer"] = None, "edge-2"
-    path.write_text(json.dumps(body))
+            entry[3] = json.dumps(verdict)
+    write_cache(path, header, kept_rows, kept_verdicts)
     fooled = rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))["edge-2"]
     assert fooled["shown"] == "converged"
     rechecked = rows(json.loads(fleet_status(fleet, "json", "--recheck", repo=fleet.origin)))
@@ -565,7 +589,7 @@ def test_status_recheck_ignores_the_cache_and_a_broken_cache_is_rebuilt(
     path.write_bytes(b"\x00 not json")
     broken = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
     assert comparable(broken) == comparable(first)
-    assert len(json.loads(path.read_text())["verdicts"]) == 2
+    assert len(cached(path)[2]) == 2
 
 
 def test_status_never_counts_a_claim_of_a_release_that_does_not_exist_as_healthy(
@@ -578,3 +602,48 @@ def test_status_never_counts_a_claim_of_a_release_that_does_not_exist_as_healthy
     assert edge_2["shown"] == "unverified" and not edge_2["healthy"]
     assert "release: got 9, a release that does not exist" in edge_2["problem"]
     assert report["summary"]["healthy"] == 1
+
+
+def test_a_kept_row_turns_stale_with_the_clock_and_follows_a_new_release(
+    fleet: LiveFleet, installed: NodeAgent, own_cache: Path
+) -> None:
+    """Rows are kept between runs as text; one is used again only while its node is not stale
+    and the main branch's releases are those it was made with."""
+    doc = {**as_edge_2(fleet), "release": 9, "pollInterval": 1, "heartbeatInterval": 1}
+    put_status(fleet, "edge-2", doc, fleet.node_keys["edge-2"])
+    first = rows(json.loads(fleet_status(fleet, "json", repo=fleet.origin)))
+    assert first["edge-2"]["shown"] == "unverified"
+    assert "a release that does not exist" in first["edge-2"]["problem"]
+    assert first["edge-1"]["shown"] == "converged"
+    _, kept_rows, _ = cached(verdict_file(own_cache))
+    assert all(row[3] for row in kept_rows)
+
+    # Release 9 now exists: every kept row was made for other releases, so each is judged again.
+    git(fleet.origin, "tag", "-a", "-m", "release 9", "release/9", "main")
+    second = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    assert second["expectedRelease"] == 9
+    edge_2 = rows(second)["edge-2"]
+    assert edge_2["shown"] == "converged" and edge_2["problem"] is None
+    assert edge_2["expected"] == rows(second)["edge-1"]["expected"] == 9
+
+    # edge-2 said it reports every second: silent for more than four, it is stale, kept row
+    # or not, while edge-1 (hourly heartbeats) is not.
+    time.sleep(5)
+    third = json.loads(fleet_status(fleet, "json", repo=fleet.origin))
+    edge_2 = rows(third)["edge-2"]
+    assert edge_2["shown"] == "stale" and not edge_2["healthy"]
+    assert "expected one within 4s" in edge_2["problem"]
+    assert rows(third)["edge-1"]["shown"] == "converged"
+    assert third["summary"]["byState"] == {"converged": 1, "stale": 1}
+    fresh = json.loads(fleet_status(fleet, "json", "--recheck", repo=fleet.origin))
+    assert comparable_at(fresh, third) == comparable(third)
+
+
+def comparable_at(report: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """`report` as `comparable` makes it, with the stale problems of `other` (they name the
+    age, which moved between the two runs)."""
+    problems = {n["node"]: n["problem"] for n in other["nodes"] if n["shown"] == "stale"}
+    nodes = [
+        {**n, "problem": problems.get(n["node"], n["problem"])} for n in comparable(report)["nodes"]
+    ]
+    return {**comparable(report), "nodes": nodes}

@@ -478,8 +478,9 @@ def _status_and_audit(demo: Demo) -> tuple[bool, bool]:
         f" branch audit at {(commit or '')[:12]}; the demo runs {len(nodes)} of the fleet's nodes,"
         " the others have never reported"
     )
-    rows, report = fleet_report(repo, str(demo.fleet))
-    for line in render_table(rows, report["summary"]).splitlines():
+    report = fleet_report(repo, str(demo.fleet))
+    rows = report.statuses()
+    for line in render_table(rows, report.head["summary"]).splitlines():
         _say(f"    {line}")
     demo.step("edgefleet audit: changes, releases and what each node did, signatures checked")
     events = collect(open_status_repo(str(demo.fleet), fetch=False), None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +63,7 @@ def load_trust(repo: StatusRepo, updates: list[RefUpdate]) -> Trust:
         brought = [u.new for u in updates if u.ref in MAIN_BRANCHES and u.new != ZERO]
         if not brought:
             return Trust("", frozenset(), {}, {})
-        repo = replace(repo, main_ref=brought[0])
+        repo = repo._replace(main_ref=brought[0])
     fleet, signer_lines, nodes = fleet_identity(repo)
     signers = public_keys(signer_lines, SIGNERS)
     root_file = read_files(repo, repo.main_ref, ["trust/root.json"]).get("trust/root.json")

@@ -90,7 +90,7 @@ def assess(args: argparse.Namespace) -> tuple[git.Repo, TrustRoot, Gate]:
     ours = rollout_of(releases)
     commit = (ours[0] if ours else releases[0]).commit if releases else "HEAD"
     spec, fleet, labels = fleet_at(repo, commit)
-    rows, _ = fleet_report(status_repo, args.repo)
+    rows = fleet_report(status_repo, args.repo).statuses()
     gate = assess_rollout(spec, fleet, labels, releases, {r.node: r for r in rows})
     return repo, root, gate
 

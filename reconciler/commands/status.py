@@ -1,7 +1,7 @@
 """`edgefleet status`: the fleet at a glance, read from the signed status branches.
 
 The reading is `status_source`, the verdict on each head `status_verdicts` (cached between
-runs), the judging `fleet_status`; `status fold` is `status_fold`.
+runs, with each node's row), the judging `fleet_status`; `status fold` is `status_fold`.
 """
 
 from __future__ import annotations
@@ -9,111 +9,129 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.atomic import write_atomic
-from reconciler.fleet_status import NodeStatus, judge, render_table, summarize
+from reconciler.fleet_status import (
+    NodeStatus,
+    Row,
+    judge,
+    per_release,
+    render_table,
+    reuse,
+    row_of,
+    summarize,
+)
 from reconciler.status_source import (
     StatusRepo,
     fleet_identity,
     open_status_repo,
     principal,
-    release_versions,
-    status_heads,
+    read_refs,
 )
-from reconciler.status_verdicts import head_verdicts
+from reconciler.status_verdicts import Kept, StatusCache, check_heads
 from reconciler.timestamps import format_timestamp, now
 
 
-def fleet_report(
-    repo: StatusRepo, label: str, recheck: bool = False
-) -> tuple[list[NodeStatus], dict[str, Any]]:
-    """Every node's row, and everything `status` shows as the JSON `--format json` prints."""
+class FleetReport(NamedTuple):
+    """What `status` shows: `head` is everything but the nodes (fleet, summary, releases),
+    `rows` each node's row in node order."""
+
+    head: dict[str, Any]
+    rows: list[Row]
+
+    def statuses(self) -> list[NodeStatus]:
+        return [NodeStatus.from_json(json.loads(r.text)) for r in self.rows]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.head, "nodes": [json.loads(r.text) for r in self.rows]}
+
+    def json_text(self) -> str:
+        """The report as JSON, one node to a line: readable, greppable, and each row written
+        as the cache kept it (encoding 2,000 rows again was a tenth of a warm run)."""
+        text = json.dumps(self.head, indent=2)
+        nodes = ",\n".join("    " + r.text for r in self.rows)
+        body = f"[\n{nodes}\n  ]" if nodes else "[]"
+        return f'{text[:-2]},\n  "nodes": {body}\n}}\n'
+
+
+def fleet_report(repo: StatusRepo, label: str, recheck: bool = False) -> FleetReport:
+    """Every node's row and the counts. A node whose head, key and main branch are those of
+    the last run, and that has not turned stale since, gets that run's row with its age
+    brought up to date; every other node is judged (and checked, if its head is new)."""
     when = now()
-    fleet, signers, nodes = fleet_identity(repo)
-    heads = status_heads(repo)
-    releases = release_versions(repo)
+    cache = StatusCache.load(repo.git_dir, recheck)
+    fleet, signers, nodes = fleet_identity(repo, cache.fleet_names)
+    refs = repo.listed or read_refs(repo)
+    heads, releases = refs.heads, refs.releases
     expected = max(releases, default=None)
+    context = json.dumps([fleet, expected, sorted(releases)])
     keys = {node: signers.get(principal(node, fleet)) for node in heads}
-    verdicts = head_verdicts(repo, heads, keys, recheck)
+    rows: dict[str, Row] = {}
+    kept: dict[str, Kept] = {}
+    todo: list[str] = []
+    clock = when.timestamp()
+    for node, head in heads.items():
+        record = cache.row(node, head, keys[node]) if cache.context == context else None
+        row = reuse(node, record, clock) if record else None
+        if row is not None:
+            rows[node] = row
+            kept[node] = cache.rows[node]
+        else:
+            todo.append(node)
+    checked = check_heads(repo, {n: heads[n] for n in todo}, keys, cache)
+    verdicts: dict[str, Kept] = {}
     known = frozenset(releases)
-    rows = [
-        judge(
-            node,
-            heads.get(node),
-            verdicts.get(node),
-            fleet=fleet,
-            expected=expected,
-            now=when,
-            releases=known,
+    for node in todo:
+        (verdict, text), head, key = checked[node], heads[node], keys[node]
+        status = judge(
+            node, head, verdict, fleet=fleet, expected=expected, now=when, releases=known
         )
-        for node in sorted(set(nodes) | set(heads))
-    ]
-    summary = summarize(rows, expected)
-    return rows, {
+        rows[node], record = row_of(status, verdict.doc)
+        if text is not None and key is not None:
+            kept[node], verdicts[node] = Kept(head, key, record), Kept(head, key, text)
+    for node in set(nodes) - set(heads):
+        status = judge(node, None, None, fleet=fleet, expected=expected, now=when)
+        rows[node] = row_of(status, None)[0]
+    if kept != cache.rows or cache.names_added or cache.context != context:
+        # The verdicts of the rows reused are the cache's own (decoded only now).
+        for node in kept.keys() - verdicts.keys():
+            found = cache.verdict(node, kept[node].head, kept[node].key)
+            if found is not None:
+                verdicts[node] = Kept(kept[node].head, kept[node].key, found[1])
+        cache.save({n: kept[n] for n in verdicts}, verdicts, context)
+    ordered = [rows[node] for node in sorted(rows)]
+    tallies = [r.tally for r in ordered]
+    top: dict[str, Any] = {
         "fleet": fleet,
         "repo": label,
         "generatedAt": format_timestamp(when),
         "expectedRelease": expected,
-        "summary": summary,
-        "releases": _per_release(rows, releases),
-        "nodes": [r.as_json() for r in rows],
+        "summary": summarize(tallies, expected),
+        "releases": per_release(tallies, releases),
     }
-
-
-def report_json(report: dict[str, Any]) -> str:
-    """The report as JSON, one node to a line: readable, greppable, and written by json's C
-    encoder (an indented dump of 2,000 nodes takes the pure-Python one, most of a run)."""
-    head = {k: v for k, v in report.items() if k != "nodes"}
-    text = json.dumps(head, indent=2)
-    # json.dumps with no options reuses one encoder; any option would build one per node.
-    nodes = ",\n".join("    " + json.dumps(n) for n in report["nodes"])
-    body = f"[\n{nodes}\n  ]" if nodes else "[]"
-    return f'{text[:-2]},\n  "nodes": {body}\n}}\n'
-
-
-def _per_release(rows: list[NodeStatus], releases: dict[int, str]) -> list[dict[str, Any]]:
-    """For each release a node runs, targets or failed: how far its rollout got."""
-    running = Counter(r.release for r in rows if r.healthy)
-    targeting = Counter(r.target for r in rows if r.shown not in ("unverified", "unreported"))
-    failed = Counter(
-        (r.last_error or {}).get("release") for r in rows if r.shown in ("rolled-back", "rejected")
-    )
-    versions = sorted(
-        {v for v in (*running, *targeting, *failed) if v is not None} | set(sorted(releases)[-1:]),
-        reverse=True,
-    )
-    return [
-        {
-            "version": v,
-            "commit": releases.get(v),
-            "nodes": len(rows),
-            "converged": running[v],
-            "targeting": targeting[v],
-            "failed": failed[v],
-        }
-        for v in versions
-    ]
+    return FleetReport(top, ordered)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     repo = open_status_repo(args.repo, fetch=not args.no_fetch)
-    rows, report = fleet_report(repo, args.repo, recheck=args.recheck)
+    report = fleet_report(repo, args.repo, recheck=args.recheck)
     if args.format == "json":
-        text = report_json(report)
+        data = report.json_text().encode()
     elif args.format == "html":
         from reconciler.status_html import render_html
 
-        text = render_html(report)
+        data = render_html(report.as_json()).encode()
     else:
-        text = render_table(rows, report["summary"]) + "\n"
+        data = (render_table(report.statuses(), report.head["summary"]) + "\n").encode()
     if args.out:
-        write_atomic(Path(args.out), text.encode())
+        write_atomic(Path(args.out), data)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     return 0
 
 
