@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -50,6 +50,17 @@ class Refs(NamedTuple):
 
     # node id -> head commit of its status branch
     heads: dict[str, str]
+    # release version -> its tag's object (peeled by `main_view`)
+    tags: dict[int, str]
+
+
+class MainView(NamedTuple):
+    """Who is who on the main branch, and the releases: read by one `git cat-file`."""
+
+    fleet: str
+    # principal -> key line, from trust/allowed_signers
+    signers: dict[str, str]
+    nodes: list[str]
     # release version -> the commit its tag signs
     releases: dict[int, str]
 
@@ -168,7 +179,7 @@ def open_status_repo(repo: str, fetch: bool = True) -> StatusRepo:
 def _as_found(git_dir: Path, head_resolves: bool) -> StatusRepo:
     """Without a fetch: the remote-tracking status branches when there are any, else the
     repository's own (a server's repository, even one that was itself cloned)."""
-    found = _for_each_ref(git_dir, TRACKING_STATUS, *MAIN_REFS, OWN_STATUS)
+    found = _for_each_ref(git_dir, TRACKING_STATUS, *MAIN_REFS, OWN_STATUS, RELEASE_TAGS)
     if _refs_under(found, TRACKING_STATUS):
         return _tracking(git_dir, found)
     if _refs_under(found, OWN_STATUS):
@@ -181,20 +192,29 @@ def _as_found(git_dir: Path, head_resolves: bool) -> StatusRepo:
 
 def _tracking(git_dir: Path, found: dict[str, str]) -> StatusRepo:
     main = TRACKING_MAIN if TRACKING_MAIN in found else "HEAD"
-    heads = _refs_under(found, TRACKING_STATUS)
-    refs = Refs(heads, _release_tags(git_dir))
+    refs = Refs(_refs_under(found, TRACKING_STATUS), _tag_objects(found))
     return StatusRepo(git_dir, TRACKING_STATUS, main, "refs/remotes/origin/audit", refs)
 
 
 def _local(git_dir: Path, head_resolves: bool, found: dict[str, str]) -> StatusRepo:
     main = "HEAD" if head_resolves else next((r for r in MAIN_REFS[1:] if r in found), "HEAD")
-    refs = Refs(_refs_under(found, OWN_STATUS), _release_tags(git_dir))
+    refs = Refs(_refs_under(found, OWN_STATUS), _tag_objects(found))
     return StatusRepo(git_dir, OWN_STATUS, main, "refs/heads/audit", refs)
 
 
 def list_refs(git_dir: Path, status_prefix: str) -> dict[str, str]:
-    """The status branches under `status_prefix` and the main branch candidates."""
-    return _for_each_ref(git_dir, status_prefix, *MAIN_REFS)
+    """The status branches under `status_prefix`, the main branch candidates and the release
+    tags (unpeeled: peeling in this listing would read every head's object)."""
+    return _for_each_ref(git_dir, status_prefix, *MAIN_REFS, RELEASE_TAGS)
+
+
+def _tag_objects(found: dict[str, str]) -> dict[int, str]:
+    versions: dict[int, str] = {}
+    for ref, sha in found.items():
+        number = ref.removeprefix(RELEASE_TAGS)
+        if ref.startswith(RELEASE_TAGS) and number.isdigit():
+            versions[int(number)] = sha
+    return versions
 
 
 def _for_each_ref(git_dir: Path, *patterns: str) -> dict[str, str]:
@@ -212,8 +232,6 @@ def _refs_under(found: dict[str, str], prefix: str) -> dict[str, str]:
 
 
 def _release_tags(git_dir: Path) -> dict[int, str]:
-    # Its own process: peeling (`%(*objectname)`) reads every listed ref's object, and for
-    # 2,000 status heads that took longer than all the rest of a warm `status`.
     out = git_run(
         git_dir, "for-each-ref", "--format=%(refname:strip=2) %(*objectname)", RELEASE_TAGS
     )
@@ -246,7 +264,8 @@ def resolve(git_dir: Path, ref: str) -> str | None:
 
 def read_refs(repo: StatusRepo) -> Refs:
     """The status heads and release tags as they are now."""
-    return Refs(status_heads(repo), _release_tags(repo.git_dir))
+    found = list_refs(repo.git_dir, repo.status_prefix)
+    return Refs(_refs_under(found, repo.status_prefix), _tag_objects(found))
 
 
 def status_heads(repo: StatusRepo) -> dict[str, str]:
@@ -359,11 +378,24 @@ def fleet_identity(
     repo: StatusRepo, names: MutableMapping[str, str] | None = None
 ) -> tuple[str, dict[str, str], list[str]]:
     """The fleet's name, its allowed signers (principal -> key line) and its node ids, from
-    the main branch head, read by one `git cat-file`. `names` (fleet.yaml's blob id -> the
-    name in it) spares a caller that keeps it between runs the YAML parser."""
+    the main branch head (see `main_view`)."""
+    view = main_view(repo, names)
+    return view.fleet, view.signers, view.nodes
+
+
+def main_view(
+    repo: StatusRepo, names: MutableMapping[str, str] | None = None, tags: Mapping[int, str] = {}
+) -> MainView:
+    """The fleet's name, allowed signers and node ids from the main branch head, and the
+    commit each of `tags` (version -> tag object) signs, read by one `git cat-file`. `names`
+    (fleet.yaml's blob id -> the name in it) spares a caller that keeps it between runs the
+    YAML parser."""
     rev = repo.main_ref
-    fleet_file, signers_file, nodes = cat_objects(
-        repo, [f"{rev}:fleet.yaml", f"{rev}:{SIGNERS}", f"{rev}:nodes"]
+    versions = sorted(tags)
+    fleet_file, signers_file, nodes, *peeled = cat_objects(
+        repo,
+        [f"{rev}:fleet.yaml", f"{rev}:{SIGNERS}", f"{rev}:nodes"]
+        + [f"{tags[v]}^{{commit}}" for v in versions],
     )
     if fleet_file is None:
         raise UsageError(f"{repo.git_dir}: {rev} has no fleet.yaml, expected a fleet repository")
@@ -380,7 +412,8 @@ def fleet_identity(
     signers = allowed_signers(
         "" if signers_file is None else signers_file[1].decode(errors="replace")
     )
-    return fleet, signers, [] if nodes is None else _node_ids(*nodes)
+    releases = {v: found[0] for v, found in zip(versions, peeled, strict=True) if found is not None}
+    return MainView(fleet, signers, [] if nodes is None else _node_ids(*nodes), releases)
 
 
 def release_versions(repo: StatusRepo) -> dict[int, str]:

@@ -26,6 +26,7 @@ from reconciler.fleet_status import (
 from reconciler.status_source import (
     StatusRepo,
     fleet_identity,
+    main_view,
     open_status_repo,
     principal,
     read_refs,
@@ -62,9 +63,9 @@ def fleet_report(repo: StatusRepo, label: str, recheck: bool = False) -> FleetRe
     brought up to date; every other node is judged (and checked, if its head is new)."""
     when = now()
     cache = StatusCache.load(repo.git_dir, recheck)
-    fleet, signers, nodes = fleet_identity(repo, cache.fleet_names)
     refs = repo.listed or read_refs(repo)
-    heads, releases = refs.heads, refs.releases
+    fleet, signers, nodes, releases = main_view(repo, cache.fleet_names, refs.tags)
+    heads = refs.heads
     expected = max(releases, default=None)
     context = json.dumps([fleet, expected, sorted(releases)])
     keys = {node: signers.get(principal(node, fleet)) for node in heads}
