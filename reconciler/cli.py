@@ -119,7 +119,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     render.set_defaults(func=cmd_render)
 
     named = next((a for a in (argv or ()) if not a.startswith("-")), None)
-    if named in ("validate", "render"):
+    if named in ("validate", "render") or (named is None and _version_only(argv)):
         wanted = []
     elif named in FAMILIES:
         wanted = [FAMILIES[named]]
@@ -129,6 +129,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name in wanted:
         importlib.import_module(f"reconciler.commands.{name}").register(sub, common)
     return parser
+
+
+def _version_only(argv: Sequence[str] | None) -> bool:
+    """`--version` without `--help`: no command family is needed to answer it."""
+    given = set(argv or ())
+    return "--version" in given and not given & {"-h", "--help"}
 
 
 def run(argv: Sequence[str] | None, parser: argparse.ArgumentParser) -> int:

@@ -332,9 +332,12 @@ def allowed_signers(text: str) -> dict[str, str]:
     return keys
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
 def principal(name: str, fleet: str) -> str:
     """The name a key has in `trust/allowed_signers`: `<node or key name>@<fleet>`."""
-    clean = re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-") or "key"
+    clean = _UNSAFE.sub("-", name).strip("-") or "key"
     return f"{clean}@{fleet}"
 
 
@@ -383,37 +386,61 @@ def fleet_identity(
     return view.fleet, view.signers, view.nodes
 
 
-def main_view(
-    repo: StatusRepo, names: MutableMapping[str, str] | None = None, tags: Mapping[int, str] = {}
-) -> MainView:
-    """The fleet's name, allowed signers and node ids from the main branch head, and the
-    commit each of `tags` (version -> tag object) signs, read by one `git cat-file`. `names`
-    (fleet.yaml's blob id -> the name in it) spares a caller that keeps it between runs the
-    YAML parser."""
+class MainFiles(NamedTuple):
+    """The objects `main_view` reads: (id, bytes) of fleet.yaml, allowed_signers and the
+    nodes/ tree at `rev`, and of the commit each tag signs (None where missing)."""
+
+    rev: str
+    fleet: tuple[str, bytes] | None
+    signers: tuple[str, bytes] | None
+    nodes: tuple[str, bytes] | None
+    peeled: dict[int, tuple[str, bytes] | None]
+
+
+def read_main(repo: StatusRepo, tags: Mapping[int, str] = {}) -> MainFiles:
+    """One `git cat-file` of what `main_view` needs (the git half, apart so that a caller
+    can run it while it does something else)."""
     rev = repo.main_ref
     versions = sorted(tags)
-    fleet_file, signers_file, nodes, *peeled = cat_objects(
+    fleet, signers, nodes, *peeled = cat_objects(
         repo,
         [f"{rev}:fleet.yaml", f"{rev}:{SIGNERS}", f"{rev}:nodes"]
         + [f"{tags[v]}^{{commit}}" for v in versions],
     )
-    if fleet_file is None:
-        raise UsageError(f"{repo.git_dir}: {rev} has no fleet.yaml, expected a fleet repository")
-    blob, text = fleet_file
+    return MainFiles(rev, fleet, signers, nodes, dict(zip(versions, peeled, strict=True)))
+
+
+def main_view(
+    repo: StatusRepo,
+    names: MutableMapping[str, str] | None = None,
+    tags: Mapping[int, str] = {},
+    files: MainFiles | None = None,
+) -> MainView:
+    """The fleet's name, allowed signers and node ids from the main branch head, and the
+    commit each of `tags` (version -> tag object) signs, from `files` or read by one
+    `git cat-file`. `names` (fleet.yaml's blob id -> the name in it) spares a caller that
+    keeps it between runs the YAML parser."""
+    files = read_main(repo, tags) if files is None else files
+    if files.fleet is None:
+        raise UsageError(
+            f"{repo.git_dir}: {files.rev} has no fleet.yaml, expected a fleet repository"
+        )
+    blob, text = files.fleet
     fleet = None if names is None else names.get(blob)
     if fleet is None:
         # Imported here: the YAML parser is a sixth of a warm `status`, which knows the name.
         from reconciler.yaml_loader import load_yaml
 
-        loaded = load_yaml(text, f"{rev}:fleet.yaml")
+        loaded = load_yaml(text, f"{files.rev}:fleet.yaml")
         fleet = str(((loaded.data or {}).get("metadata") or {}).get("name", ""))
         if names is not None:
             names[blob] = fleet
     signers = allowed_signers(
-        "" if signers_file is None else signers_file[1].decode(errors="replace")
+        "" if files.signers is None else files.signers[1].decode(errors="replace")
     )
-    releases = {v: found[0] for v, found in zip(versions, peeled, strict=True) if found is not None}
-    return MainView(fleet, signers, [] if nodes is None else _node_ids(*nodes), releases)
+    releases = {v: found[0] for v, found in files.peeled.items() if found is not None}
+    nodes = [] if files.nodes is None else _node_ids(*files.nodes)
+    return MainView(fleet, signers, nodes, releases)
 
 
 def release_versions(repo: StatusRepo) -> dict[int, str]:

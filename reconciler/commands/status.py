@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,11 +25,13 @@ from reconciler.fleet_status import (
     summarize,
 )
 from reconciler.status_source import (
+    MainFiles,
     StatusRepo,
     fleet_identity,
     main_view,
     open_status_repo,
     principal,
+    read_main,
     read_refs,
 )
 from reconciler.status_verdicts import Kept, StatusCache, check_heads
@@ -62,9 +65,18 @@ def fleet_report(repo: StatusRepo, label: str, recheck: bool = False) -> FleetRe
     the last run, and that has not turned stale since, gets that run's row with its age
     brought up to date; every other node is judged (and checked, if its head is new)."""
     when = now()
-    cache = StatusCache.load(repo.git_dir, recheck)
     refs = repo.listed or read_refs(repo)
-    fleet, signers, nodes, releases = main_view(repo, cache.fleet_names, refs.tags)
+    # git reads the main branch while this process reads the cache: each took about as long.
+    read: list[MainFiles | Exception] = []
+    reader = threading.Thread(target=_read_main, args=(repo, refs.tags, read))
+    reader.start()
+    try:
+        cache = StatusCache.load(repo.git_dir, recheck)
+    finally:
+        reader.join()
+    if isinstance(read[0], Exception):
+        raise read[0]
+    fleet, signers, nodes, releases = main_view(repo, cache.fleet_names, files=read[0])
     heads = refs.heads
     expected = max(releases, default=None)
     context = json.dumps([fleet, expected, sorted(releases)])
@@ -113,6 +125,13 @@ def fleet_report(repo: StatusRepo, label: str, recheck: bool = False) -> FleetRe
         "releases": per_release(tallies, releases),
     }
     return FleetReport(top, ordered)
+
+
+def _read_main(repo: StatusRepo, tags: dict[int, str], into: list[MainFiles | Exception]) -> None:
+    try:
+        into.append(read_main(repo, tags))
+    except Exception as exc:  # raised again by the thread that waits for it
+        into.append(exc)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
