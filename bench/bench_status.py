@@ -522,8 +522,8 @@ def steps(origin: Path, rounds: int) -> list[tuple[str, str, float]]:
     jobs: list[tuple[str, str, Callable[[], object]]] = [
         (
             "open",
-            "`open_status_repo(fetch=False)` (git rev-parse, for-each-ref of the status"
-            " branches and the main branch, for-each-ref of the release tags)",
+            "`open_status_repo(fetch=False)` (git rev-parse, one for-each-ref of the status"
+            " branches, the main branch and the release tags)",
             lambda: open_status_repo(str(origin), fetch=False),
         ),
         (
@@ -660,12 +660,12 @@ def render_section(
             f"| {label} | {seconds * 1e3:.1f} | {seconds / inproc.best * 100:.0f}% |"
             for _, label, seconds in step_rows
         )
-        why = "The target is missed" if missed else "The target is met; for the cold run"
+        why = "The target is missed" if missed else "The target is met by the warm run (b)"
         found = {key: seconds for key, _, seconds in step_rows}
         found["count"] = args.nodes
         where = f"""
 
-{why}. Where the time of (c) goes, {state}: each step timed on its own, best of
+{why}. Where the time of the cold run (c) goes, {state}: each step timed on its own, best of
 {args.rounds} (ms; "of which" rows are parts of the row above them):
 
 | step | best (ms) | of (c) best |
@@ -839,9 +839,9 @@ def main(argv: list[str] | None = None) -> int:
             " `<head>:status.json`",
             A2: "(a) with `<head>` too: the objects `edgefleet status` reads, for reference",
             B: "`edgefleet status --repo ORIGIN --format json --no-fetch`, every verdict"
-            " cached by the run before",
-            B10: f"the same, {MOVED:.0%} of the cached verdicts removed before each run (as"
-            " when those heads moved)",
+            " and row kept by the run before",
+            B10: f"the same, {MOVED:.0%} of the kept rows and verdicts removed before each run"
+            " (as when those heads moved)",
             BC: "(b) with `--recheck`: every head's signature and schema checked",
             C: "`open_status_repo` + `fleet_report(recheck=True)` + `json_text`, in this process",
             CW: "(c) without `recheck=True`: every row kept by the run before",
