@@ -127,12 +127,24 @@ def keepable(node: str, head: str, key: str) -> bool:
 
 @cache
 def _stamp() -> str:
-    """What else a verdict depends on: this version of EdgeFleet and its status schema (a
-    checksum, not a digest: it tells versions apart, it does not stand against anyone)."""
-    schemas = Path(__file__).parent / "schemas"
+    """What else a verdict and a row depend on: this version of EdgeFleet, its status schema
+    and the code that decides verdicts and writes rows, so that a change to either between
+    two versions (or within one, as a developer's) never reuses what the old code made. A
+    checksum, not a digest: it tells versions apart, it does not stand against anyone."""
+    package = Path(__file__).parent
     checksum = zlib.crc32(__version__.encode())
-    for name in ("status.json", "defs.json"):
-        checksum = zlib.crc32((schemas / name).read_bytes(), checksum)
+    for path in (
+        package / "schemas" / "status.json",
+        package / "schemas" / "defs.json",
+        package / "status_verdicts.py",
+        package / "fleet_status.py",
+        package / "status_doc.py",
+    ):
+        try:
+            checksum = zlib.crc32(path.read_bytes(), checksum)
+        except OSError:
+            # An install without sources: the version alone tells them apart.
+            checksum = zlib.crc32(path.name.encode(), checksum)
     return f"{__version__}-{checksum:08x}"
 
 
