@@ -231,19 +231,6 @@ def _refs_under(found: dict[str, str], prefix: str) -> dict[str, str]:
     return {ref[len(prefix) :]: sha for ref, sha in found.items() if ref.startswith(prefix)}
 
 
-def _release_tags(git_dir: Path) -> dict[int, str]:
-    out = git_run(
-        git_dir, "for-each-ref", "--format=%(refname:strip=2) %(*objectname)", RELEASE_TAGS
-    )
-    found: dict[int, str] = {}
-    for line in out.decode().splitlines():
-        name, _, commit = line.partition(" ")
-        number = name.removeprefix("release/")
-        if number.isdigit():
-            found[int(number)] = commit
-    return found
-
-
 def local_status_repo(git_dir: Path) -> StatusRepo:
     """The origin itself (a bare server repository): its own branches are the status."""
     main = next((r for r in MAIN_CANDIDATES if resolve(git_dir, r)), "HEAD")
@@ -445,4 +432,11 @@ def main_view(
 
 def release_versions(repo: StatusRepo) -> dict[int, str]:
     """version -> commit of every release tag."""
-    return _release_tags(repo.git_dir)
+    out = repo.git("for-each-ref", "--format=%(refname:strip=2) %(*objectname)", RELEASE_TAGS)
+    found: dict[int, str] = {}
+    for line in out.decode().splitlines():
+        name, _, commit = line.partition(" ")
+        number = name.removeprefix("release/")
+        if number.isdigit():
+            found[int(number)] = commit
+    return found
