@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ import git
 from node_agent.errors import OriginUnreachable
 
 from reconciler.errors import EdgeFleetError
+from reconciler.ref_names import RELEASE_REF
 
 RELEASE_REFS = "refs/tags/release/*"
 # The promisor remote: lazy fetches of a partial clone go to a named remote, not to a URL.
 REMOTE = "origin"
 FILTER = "blob:none"
 _NO_FILTER = "filtering not recognized by server"
-_RELEASE_REF = re.compile(r"^refs/tags/release/[1-9][0-9]{0,17}$")
 
 
 class PushRejected(EdgeFleetError):
@@ -201,7 +200,7 @@ class Transport:
         refs: dict[str, str] = {}
         for ref in self.repo.tags:
             name = f"refs/tags/{ref.name}"
-            if _RELEASE_REF.match(name):
+            if RELEASE_REF.match(name):
                 refs[name] = ref.object.hexsha
         return refs
 
@@ -414,7 +413,7 @@ def _parse_refs(out: str) -> dict[str, str]:
     refs: dict[str, str] = {}
     for line in out.splitlines():
         sha, _, name = line.partition("\t")
-        if _RELEASE_REF.match(name):
+        if RELEASE_REF.match(name):
             refs[name] = sha
     return refs
 

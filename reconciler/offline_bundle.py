@@ -15,13 +15,13 @@ This module decides; it reads no files. `reconciler.commands.bundle` writes bund
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import EdgeFleetError
 from reconciler.node_plan import Desired, choose_patch
+from reconciler.ref_names import release_version
 from reconciler.schema_check import schema_errors
 
 BUNDLE_FORMAT = "edgefleet-bundle/1"
@@ -29,7 +29,6 @@ MANIFEST = "manifest.json"
 GIT_BUNDLE = "repo.bundle"
 BLOBS = "blobs"
 MANIFEST_SCHEMA = "bundle-manifest.json"
-_RELEASE_REF = re.compile(r"^refs/tags/release/([1-9][0-9]{0,17})$")
 
 
 class BundleInvalid(EdgeFleetError):
@@ -108,11 +107,6 @@ class Manifest:
         return (json.dumps(self.as_json(), indent=2) + "\n").encode()
 
 
-def ref_version(ref: str) -> int | None:
-    found = _RELEASE_REF.match(ref)
-    return int(found.group(1)) if found else None
-
-
 def parse_manifest(data: bytes, where: str) -> Manifest:
     """The manifest's fields, checked against its schema and for consistency with itself."""
     try:
@@ -125,7 +119,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         field_name = ".".join(str(p) for p in path) or "(top level)"
         raise BundleInvalid(f"{where}: {field_name}: {message}")
     refs = {str(k): str(v) for k, v in doc["refs"].items()}
-    versions = sorted(v for r in refs if (v := ref_version(r)) is not None)
+    versions = sorted(v for r in refs if (v := release_version(r)) is not None)
     if versions != sorted(doc["releases"]):
         raise BundleInvalid(
             f"{where}: releases: got {sorted(doc['releases'])}, expected the versions of its"

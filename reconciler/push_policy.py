@@ -14,19 +14,18 @@ server's repository gives, with no I/O of its own (`edgefleet hook pre-receive` 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.keys import PublicKey
+from reconciler.ref_names import RELEASE_REF
 from reconciler.signed_commits import check_commit, parse_commit, parse_tag
 from reconciler.status_doc import BRANCH_PREFIX, StatusInvalid, parse_status
 
 ZERO = "0" * 40
 STATUS_REF = "refs/heads/" + BRANCH_PREFIX
 AUDIT_REF = "refs/heads/audit"
-_RELEASE_TAG = re.compile(r"^refs/tags/release/[1-9][0-9]{0,17}$")
 
 
 @dataclass(frozen=True)
@@ -170,7 +169,7 @@ def _status_update(update: RefUpdate, trust: Trust, facts: PushFacts) -> list[Re
 
 
 def _release_tag(update: RefUpdate, trust: Trust, facts: PushFacts) -> list[Refusal]:
-    if not _RELEASE_TAG.match(update.ref):
+    if not RELEASE_REF.match(update.ref):
         return [Refusal(update.ref, "got a release tag name, expected release/<positive number>")]
     if update.old != ZERO:
         return [

@@ -7,7 +7,6 @@ threshold signatures inside the message, which git cannot express.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,11 +17,10 @@ import git
 from reconciler import sshsig
 from reconciler.errors import UsageError
 from reconciler.keys import PublicKey, SigningKey
+from reconciler.ref_names import release_version
 from reconciler.release import envelope_payload
 from reconciler.status_source import principal
 from reconciler.trust_root import TrustRoot
-
-_VERSION = re.compile(r"^release/([1-9][0-9]{0,17})$")
 
 
 @dataclass(frozen=True)
@@ -37,12 +35,12 @@ def release_tags(repo: git.Repo) -> list[ReleaseTag]:
     """Every tag named release/<number>, newest version first."""
     found: list[ReleaseTag] = []
     for ref in repo.tags:
-        match = _VERSION.match(ref.name)
-        if match is None:
+        version = release_version(ref.path)
+        if version is None:
             continue
         tag = ref.tag
         message = tag.message if tag is not None else ""
-        found.append(ReleaseTag(ref.name, int(match.group(1)), ref.commit.hexsha, message))
+        found.append(ReleaseTag(ref.name, version, ref.commit.hexsha, message))
     return sorted(found, key=lambda t: t.version, reverse=True)
 
 
